@@ -121,7 +121,8 @@ _TEMPLATES: Final[dict[LayoutName, dict[str, str]]] = {
         "metadata.pa": _G26 + "/PresenceAbsenceSurveys/PA_metadata_{M}.csv",
         "env.bioclimatic": _G26 + "/EnvironmentalValues/Climate/{H}-bioclimatic.csv",
         "env.elevation": _G26 + "/EnvironmentalValues/Elevation/{H}-elevation.csv",
-        "env.human_footprint": _G26 + "/EnvironmentalValues/HumanFootprint/v2/{H}-human_footprint.csv",
+        "env.human_footprint": _G26
+        + "/EnvironmentalValues/HumanFootprint/v2/{H}-human_footprint.csv",
         "env.landcover": _G26 + "/EnvironmentalValues/LandCover/{H}-landcover.csv",
         "env.soilgrids": _G26 + "/EnvironmentalValues/SoilGrids/v2/{H}-soilgrids.csv",
         "climate.values": _G26 + "/TimeSeries/Bioclim/values/{H}-bioclimatic_time_series.zip"
@@ -194,7 +195,8 @@ def _raster_members(layout: LayoutName) -> dict[str, str]:
         soil = _G26 + "/EnvironmentalRasters/Soilgrids/soilgrids.zip::"
         out = {
             "elevation": _G26 + "/EnvironmentalRasters/Elevation/ASTER_Elevation.tif",
-            "landcover": _G26 + "/EnvironmentalRasters/LandCover/LandCover_MODIS_Terra-Aqua_500m.tif",
+            "landcover": _G26
+            + "/EnvironmentalRasters/LandCover/LandCover_MODIS_Terra-Aqua_500m.tif",
         }
     out |= {b: f"{climate}{b}.tif" for b in BIOCLIM_RASTERS}
     out |= {f"soil_{v}": f"{soil}crop_proj_{v}_5-15cm_mean_1000.tif" for v in SOIL_VARIABLES}

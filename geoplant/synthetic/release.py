@@ -1,0 +1,766 @@
+"""Write a synthetic world as a raw GeoPlant release, in the real file layout, with its truth.
+
+Generation streams block by block (PA surveys in blocks of :data:`BLOCK`, PO records in chunks),
+so memory stays flat as the preset grows. Each block draws from its own generator keyed by
+(seed, split, block), and every archive member gets a fixed timestamp, so the same seed gives
+byte-identical files. The release is written into a hidden sibling folder and renamed into
+place at the end: a crash never leaves a half-written release at ``out``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from geoplant import __version__
+from geoplant.errors import GeoplantError
+from geoplant.layouts import (
+    CLIMATE_MONTHS,
+    CLIMATE_VARIABLES,
+    CLIMATE_YEARS,
+    ENV_COLUMNS,
+    LANDSAT_BANDS,
+    LANDSAT_QUARTERS,
+    LANDSAT_YEARS,
+    PA_TEST_COLUMNS,
+    PA_TRAIN_COLUMNS,
+    PO_COLUMNS,
+    SPLITS,
+    LayoutName,
+    Location,
+    check_layout,
+    families,
+    location,
+)
+from geoplant.synthetic import render
+from geoplant.synthetic.world import (
+    HABITATS,
+    IGBP_TO_HABITAT,
+    PRESETS,
+    REGIONS,
+    Preset,
+    Sites,
+    World,
+)
+
+#: Surveys per generation block.
+BLOCK: Final = 1_000
+#: Surveys per PO generation chunk.
+PO_CHUNK: Final = 100_000
+_ZIP_TIME: Final = (1980, 1, 1, 0, 0, 0)
+
+_PUBLISHERS: Final = (
+    ("Pl@ntNet", 0.38), ("iNaturalist.org", 0.27), ("Observation.org", 0.15),
+    ("The Norwegian Biodiversity Information Centre (NBIC)", 0.08),
+    ("Artportalen (Swedish Species Observation System)", 0.07), ("naturgucker.de", 0.05),
+)
+
+
+@dataclass(frozen=True)
+class ReleaseSummary:
+    """What :func:`write_release` wrote."""
+
+    root: Path
+    layout: LayoutName
+    preset: str
+    seed: int
+    counts: dict[str, int]
+    n_species: int
+    n_files: int
+    bytes: int
+
+
+class _Sink:
+    """Files of a release being written: plain files, zip members, and appendable CSVs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._archives: dict[str, zipfile.ZipFile] = {}
+        self._csvs: dict[str, _CsvFile] = {}
+        self._scratch = Path(tempfile.mkdtemp(prefix="csv-", dir=root))
+
+    def _archive(self, path: str) -> zipfile.ZipFile:
+        if path not in self._archives:
+            target = self.root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._archives[path] = zipfile.ZipFile(target, "w", allowZip64=True)
+        return self._archives[path]
+
+    def write_bytes(self, loc: Location, data: bytes, *, compress: bool = False) -> None:
+        if loc.member is None:
+            target = self.root / loc.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        else:
+            self._archive(loc.path).writestr(_zip_info(loc.member, compress), data)
+
+    def csv(self, loc: Location) -> _CsvFile:
+        key = str(loc)
+        if key not in self._csvs:
+            if loc.member is None:
+                target = self.root / loc.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+            else:
+                target = self._scratch / f"{len(self._csvs)}.csv"
+            self._csvs[key] = _CsvFile(target, loc)
+        return self._csvs[key]
+
+    def close(self) -> None:
+        for csv_file in self._csvs.values():
+            csv_file.close()
+            if csv_file.loc.member is not None:
+                info = _zip_info(csv_file.loc.member, compress=True)
+                with open(csv_file.path, "rb") as src, \
+                        self._archive(csv_file.loc.path).open(info, "w", force_zip64=True) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        for archive in self._archives.values():
+            archive.close()
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+class _CsvFile:
+    """A CSV written in appended blocks; the header goes with the first block."""
+
+    def __init__(self, path: Path, loc: Location) -> None:
+        self.path, self.loc = path, loc
+        self._handle: IO[str] | None = None
+
+    def append(self, frame: pd.DataFrame) -> None:
+        first = self._handle is None
+        if self._handle is None:
+            self._handle = open(self.path, "w", newline="", encoding="utf-8")
+        frame.to_csv(self._handle, index=False, header=first, lineterminator="\n")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+def _zip_info(member: str, compress: bool) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(member, date_time=_ZIP_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def _tensor_bytes(cube: np.ndarray, name: str) -> bytes:
+    """A ``torch.save`` archive of one float32 tensor whose record prefix is ``name``."""
+    import torch
+
+    buffer = io.BytesIO()
+    buffer.name = name  # torch names the archive's records after the file name
+    torch.save(torch.from_numpy(np.ascontiguousarray(cube)), buffer)
+    return buffer.getvalue()
+
+
+def _jpeg_bytes(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _geotiff_bytes(array: np.ndarray, *, crs: str, transform: Any, nodata: float | None,
+                   descriptions: tuple[str, ...] | None = None, compress: str = "deflate") -> bytes:
+    from rasterio.io import MemoryFile
+
+    count = array.shape[0]
+    profile = {
+        "driver": "GTiff", "height": array.shape[1], "width": array.shape[2], "count": count,
+        "dtype": array.dtype.name, "crs": crs, "transform": transform, "nodata": nodata,
+        "compress": compress,
+    }
+    if array.shape[1] >= 256:
+        profile |= {"tiled": True, "blockxsize": 256, "blockysize": 256}
+    with MemoryFile() as memory:
+        with memory.open(**profile) as dataset:
+            dataset.write(array)
+            if descriptions:
+                for band, text in enumerate(descriptions, start=1):
+                    dataset.set_band_description(band, text)
+        return bytes(memory.read())
+
+
+# ---------------------------------------------------------------------------------------------
+# PA surveys
+
+
+def _assign_splits(layout: LayoutName, world: World, lon: np.ndarray, lat: np.ndarray,
+                   test_fraction: float) -> np.ndarray:
+    """Split names per survey: spatial hold-out of ~10 km blocks (as GeoPlant's test split)."""
+    rng = world.rng("splits")
+    split = np.full(len(lon), "pa_train", dtype=object)
+    if layout == "geoplant":
+        split[lon > np.quantile(lon, 0.96)] = "pa_test_ood"  # a region never seen in training
+    block = np.floor(lat / 0.09).astype(np.int64) * 100_000 + np.floor(lon / 0.13).astype(np.int64)
+    tests = ["pa_test"] if layout == "glc24" else ["pa_test_iid", "pa_test_glc25"]
+    for name in tests:
+        free = split == "pa_train"
+        blocks = rng.permutation(np.unique(block[free]))
+        sizes = pd.Series(block[free]).value_counts().reindex(blocks).to_numpy()
+        chosen = blocks[: int(np.searchsorted(np.cumsum(sizes), test_fraction * len(lon))) + 1]
+        split[free & np.isin(block, chosen)] = name
+    return split
+
+
+def _survey_attributes(rng: np.random.Generator, world: World, sites: Sites) -> pd.DataFrame:
+    """The site columns of the PA metadata."""
+    n = len(sites)
+    unc = rng.choice([0.0, 1.0, 5.0, 10.0, 20.0, 25.0, 50.0, 100.0, 250.0, 1000.0], n,
+                     p=[0.12, 0.1, 0.18, 0.25, 0.08, 0.07, 0.08, 0.06, 0.04, 0.02])
+    unc[rng.random(n) < 0.006] = np.nan
+    area = rng.choice([1.0, 4.0, 10.0, 16.0, 25.0, 50.0, 79.0, 100.0, 200.0, 400.0, 707.0], n,
+                      p=[0.03, 0.08, 0.08, 0.12, 0.14, 0.08, 0.1, 0.18, 0.08, 0.07, 0.04])
+    u = rng.random(n)
+    area[u < 0.1] = np.nan
+    area[(u >= 0.1) & (u < 0.104)] = -np.inf  # a real quirk of areaInM2
+    return pd.DataFrame({
+        "lon": np.round(sites.lon, 5), "lat": np.round(sites.lat, 5),
+        "year": rng.integers(2017, 2022, n), "geoUncertaintyInM": unc, "areaInM2": area,
+        "region": world.region_of(sites), "country": world.country_of(sites.lon, sites.lat),
+    })
+
+
+def _draw_presences(rng: np.random.Generator, prob: np.ndarray) -> np.ndarray:
+    """Presence/absence draws; a survey lists at least one species, as every real one does."""
+    present = rng.random(prob.shape) < prob
+    for _ in range(20):
+        empty = np.flatnonzero(~present.any(axis=1))
+        if empty.size == 0:
+            break
+        present[empty] = rng.random((empty.size, prob.shape[1])) < prob[empty]
+    empty = np.flatnonzero(~present.any(axis=1))
+    present[empty, np.argmax(prob[empty], axis=1)] = True
+    return present
+
+
+def _env_tables(world: World, sites: Sites, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Values of the five pre-extracted env CSV families (columns of layouts.ENV_COLUMNS)."""
+    env, n = sites.env, len(sites)
+    bio = render.bioclim(render.climatology(env)).astype(np.int64)
+    elevation = np.round(env["elevation"], 1)
+    elevation[rng.random(n) < 3e-4] = np.nan
+    hfp = _hfp_layers(env)
+    hfp[rng.random(hfp.shape) < 5e-5] = np.inf
+    hfp[rng.random(hfp.shape) < 5e-5] = -np.inf
+    soil = np.column_stack([env[f"soil_{v}"] for v in
+                            ("bdod", "cec", "cfvo", "clay", "nitrogen", "phh2o", "sand", "silt",
+                             "soc")])
+    return {
+        "bioclimatic": bio, "elevation": elevation[:, None], "human_footprint": hfp,
+        "landcover": env["igbp"][:, None].astype(np.float64), "soilgrids": np.rint(soil),
+    }
+
+
+def _hfp_layers(env: dict[str, np.ndarray]) -> np.ndarray:
+    """The 16 Venter human-footprint layers (0-10 pressure scores; HFP 0-50), in CSV order."""
+    crop = np.isin(env["igbp"], (12, 14)) * 7.0
+    pasture = np.isin(env["igbp"], (10,)) * 4.0
+    pop = np.clip(3.333 * np.log10(env["popdensity"] + 1), 0, 10)
+    rail = np.where(env["railways"] > 0.5, 8.0, 0.0)
+    roads = np.round(8 * env["roads"], 3)
+    layers = [
+        env["built"] * 0.85, env["built"], crop * 0.95, crop, env["lights"] * 0.15,
+        env["lights"] * 0.16, env["navwater"], env["navwater"], pasture, pasture, pop * 0.9, pop,
+        rail, roads, env["hfp"] * 0.9, env["hfp"],
+    ]
+    return np.round(np.stack(layers, axis=-1).astype(np.float64), 3)
+
+
+def _frame(survey_id: np.ndarray, columns: tuple[str, ...], values: np.ndarray) -> pd.DataFrame:
+    frame = pd.DataFrame(values, columns=list(columns))
+    frame.insert(0, "surveyId", survey_id)
+    return frame
+
+
+_CLIMATE_COLUMNS: Final = tuple(
+    f"Bio-{var}_{month:02d}_{year}"
+    for year in CLIMATE_YEARS for month in CLIMATE_MONTHS for var in CLIMATE_VARIABLES
+)
+_LANDSAT_COLUMNS: Final = tuple(f"{y}_{q}" for y in LANDSAT_YEARS for q in LANDSAT_QUARTERS)
+
+
+class _ReleaseWriter:
+    def __init__(self, root: Path, layout: LayoutName, preset: Preset, seed: int,
+                 progress: bool) -> None:
+        self.root, self.layout, self.preset, self.seed = root, layout, preset, seed
+        self.progress = progress
+        self.sink = _Sink(root)
+        self.world = World(seed, preset.n_species, preset.mean_richness)
+        self.renderer = render.PatchRenderer(self.world.rng("patch-tiles"))
+        self.coast = render.coast_nearby(self.world.grids["land"])
+        self.year_anomaly = self.world.rng("year-anomaly").normal(0, 0.8, (len(CLIMATE_YEARS), 12))
+        self.counts: dict[str, int] = {}
+        self.truth = root / "truth"
+        self.truth.mkdir()
+
+    # -- PA ----------------------------------------------------------------------------------
+    def write_pa(self, po_survey_ids: np.ndarray) -> dict[str, np.ndarray]:
+        world, preset = self.world, self.preset
+        rng = world.rng("pa-sites")
+        lon, lat = world.clustered_land_points(rng, preset.n_pa_surveys)
+        split = _assign_splits(self.layout, world, lon, lat, preset.test_fraction)
+        survey_ids = self._pa_ids(rng, split, po_survey_ids)
+        written = {}
+        for name in SPLITS[self.layout]:
+            if name == "po_train":
+                continue
+            idx = np.flatnonzero(split == name)
+            idx = idx[np.argsort(survey_ids[idx])]
+            self._write_pa_split(name, lon[idx], lat[idx], survey_ids[idx])
+            written[name] = survey_ids[idx]
+        return written
+
+    def _pa_ids(self, rng: np.random.Generator, split: np.ndarray,
+                po_ids: np.ndarray) -> np.ndarray:
+        """PA surveyIds interleave with PO ones in one id space and never collide (as real)."""
+        n = len(split)
+        top = int(po_ids.max(initial=0)) + n + 1000
+        taken = np.zeros(top + 1, dtype=bool)
+        taken[po_ids] = True
+        taken[:212] = True  # the real PA ids start at 212
+        free = np.flatnonzero(~taken)
+        ids = np.sort(rng.choice(free, n, replace=False)).astype(np.int64)
+        ids = rng.permutation(ids)
+        glc25 = split == "pa_test_glc25"  # GLC25 test ids start at 5,000,000
+        ids[glc25] = 5_000_000 + np.arange(int(glc25.sum()))
+        return ids
+
+    def _write_pa_split(self, split: str, lon: np.ndarray, lat: np.ndarray,
+                        survey_ids: np.ndarray) -> None:
+        world, layout = self.world, self.layout
+        n = len(survey_ids)
+        self.counts[f"{split}_surveys"] = n
+        is_test = split != "pa_train"
+        fams = families(layout, split)
+        if is_test:
+            prob_out = np.lib.format.open_memmap(
+                self.truth / f"{split}_probabilities.npy", mode="w+", dtype=np.float32,
+                shape=(n, world.n_species))
+            np.save(self.truth / f"{split}_survey_ids.npy", survey_ids)
+        n_rows = 0
+        blocks = range(0, n, BLOCK)
+        for b, start in enumerate(tqdm(blocks, desc=f"{split} surveys", unit="block",
+                                       disable=not self.progress)):
+            sl = slice(start, min(start + BLOCK, n))
+            rng = world.rng(split, b)
+            sites = world.sites(rng, lon[sl], lat[sl])
+            sid = survey_ids[sl]
+            meta = _survey_attributes(rng, world, sites)
+            prob = world.probabilities(sites, meta["areaInM2"].to_numpy())
+            present = _draw_presences(rng, prob)
+            site_i, species_i = np.nonzero(present)
+            if is_test:
+                prob_out[sl] = prob
+                meta.insert(len(meta.columns), "surveyId", sid)
+                self.sink.csv(location(layout, "metadata.pa", split)).append(
+                    meta[list(PA_TEST_COLUMNS)])
+                truth_rows = pd.DataFrame({"surveyId": sid[site_i],
+                                           "speciesId": world.species_ids[species_i]})
+                self._truth_csv(f"{split}_presences.csv").append(truth_rows)
+                self._truth_csv(f"{split}_hidden.csv").append(pd.DataFrame({
+                    "surveyId": sid, "habitat": np.asarray(HABITATS)[sites.habitat],
+                    "greenness": np.round(sites.greenness, 4),
+                    "wetness": np.round(sites.wetness, 4),
+                    "warming": np.round(sites.env["warming"], 4)}))
+            else:
+                rows = meta.iloc[site_i].reset_index(drop=True)
+                rows["speciesId"] = world.species_ids[species_i].astype(np.float64)
+                rows["surveyId"] = sid[site_i]
+                self.sink.csv(location(layout, "metadata.pa", split)).append(
+                    rows[list(PA_TRAIN_COLUMNS)])
+            n_rows += len(site_i)
+            self._write_predictors(split, fams, rng, sites, sid, meta["year"].to_numpy())
+        self.counts[f"{split}_rows" if not is_test else f"{split}_presences"] = n_rows
+        if is_test:
+            prob_out.flush()
+            del prob_out
+
+    def _truth_csv(self, name: str) -> _CsvFile:
+        return self.sink.csv(Location(f"truth/{name}"))
+
+    def _write_predictors(self, split: str, fams: tuple[str, ...], rng: np.random.Generator,
+                          sites: Sites, sid: np.ndarray, year: np.ndarray) -> None:
+        layout, sink = self.layout, self.sink
+        for family, values in _env_tables(self.world, sites, rng).items():
+            sink.csv(location(layout, f"env.{family}", split)).append(
+                _frame(sid, ENV_COLUMNS[family], values))
+        climate = render.climate_series(rng, sites, self.year_anomaly)
+        sink.csv(location(layout, "climate.values", split)).append(
+            _frame(sid, _CLIMATE_COLUMNS, climate.transpose(0, 2, 3, 1).reshape(len(sid), -1)
+                   .astype(np.int64)))
+        landsat = render.landsat_series(rng, sites, year)
+        for b, band in enumerate(LANDSAT_BANDS):
+            sink.csv(location(layout, "landsat.values", split, band=band)).append(
+                _frame(sid, _LANDSAT_COLUMNS,
+                       landsat[:, b].transpose(0, 2, 1).reshape(len(sid), -1).astype(np.float64)))
+        for i, survey in enumerate(sid):
+            for family, cube in (("climate.cube", climate[i]), ("landsat.cube", landsat[i])):
+                loc = location(layout, family, split, survey_id=survey)
+                name = Path(loc.member or loc.path).stem
+                sink.write_bytes(loc, _tensor_bytes(cube, name), compress=loc.member is not None)
+        coarse = np.array([IGBP_TO_HABITAT.get(int(c), 2) for c in sites.env["igbp"]])
+        coast = self.world.grid_values(sites.lon, sites.lat, "land", order=0) > 0
+        coast &= self.coast[self._cell(sites)]
+        for i, survey in enumerate(sid):
+            scene = self.renderer.render(rng, int(sites.habitat[i]), int(coarse[i]),
+                                         float(sites.greenness[i]), float(sites.wetness[i]),
+                                         bool(coast[i]))
+            if "s2.rgb" in fams:
+                rgb = location(layout, "s2.rgb", split, survey_id=survey)
+                nir = location(layout, "s2.nir", split, survey_id=survey)
+                sink.write_bytes(rgb, _jpeg_bytes(scene[:3].transpose(1, 2, 0)))
+                sink.write_bytes(nir, _jpeg_bytes(scene[3]))
+            if "s2.tiff" in fams:
+                sink.write_bytes(location(layout, "s2.tiff", split, survey_id=survey),
+                                 self._patch_tiff(scene, sites.lon[i], sites.lat[i]))
+
+    def _cell(self, sites: Sites) -> tuple[np.ndarray, np.ndarray]:
+        from geoplant.synthetic.world import EXTENT, RESOLUTION
+
+        rows = np.clip(((EXTENT[3] - sites.lat) / RESOLUTION).astype(int), 0,
+                       self.world.shape[0] - 1)
+        cols = np.clip(((sites.lon - EXTENT[0]) / RESOLUTION).astype(int), 0,
+                       self.world.shape[1] - 1)
+        return rows, cols
+
+    def _patch_tiff(self, scene: np.ndarray, lon: float, lat: float) -> bytes:
+        from pyproj import Transformer
+        from rasterio.transform import from_origin
+
+        if not hasattr(self, "_to_laea"):
+            self._to_laea = Transformer.from_crs("EPSG:4326", "EPSG:3035", always_xy=True)
+        x, y = self._to_laea.transform(lon, lat)
+        x, y = round(x / 10) * 10, round(y / 10) * 10
+        return _geotiff_bytes(
+            render.scene_to_reflectance(render.downsample(scene)), crs="EPSG:3035",
+            transform=from_origin(x - 320, y + 320, 10, 10), nodata=-1, compress="lzw",
+            descriptions=("red", "green", "blue", "nir"))
+
+    # -- PO ----------------------------------------------------------------------------------
+    def po_survey_ids(self) -> np.ndarray:
+        """Sorted PO surveyIds (1 ...), drawn first so PA ids can avoid them."""
+        n_surveys = max(1, round(self.preset.n_po_rows / 1.32))
+        rng = self.world.rng("po-ids")
+        space = int(n_surveys * 1.02) + 10
+        return np.sort(rng.choice(np.arange(1, space + 1), n_surveys, replace=False))
+
+    def write_po(self, survey_ids: np.ndarray) -> None:
+        world, layout, preset = self.world, self.layout, self.preset
+        rng = world.rng("po-counts")
+        n_surveys = len(survey_ids)
+        extra = preset.n_po_rows - n_surveys
+        weights = rng.lognormal(0, 1.6, n_surveys)
+        counts = 1 + rng.multinomial(extra, weights / weights.sum())
+        g = world.grids
+        bias = (g["hfp"] / 50) ** 1.5 + 0.3 * g["roads"] + 0.01
+        proposal = world.prevalence * world.detectability
+        proposal = proposal / proposal.sum()
+        publishers = np.array([p for p, _ in _PUBLISHERS], dtype=object)
+        pub_p = np.array([w for _, w in _PUBLISHERS])
+        fams = families(layout, "po_train")
+        chunks = range(0, n_surveys, PO_CHUNK)
+        for c, start in enumerate(tqdm(chunks, desc="po_train records", unit="chunk",
+                                       disable=not self.progress)):
+            sl = slice(start, min(start + PO_CHUNK, n_surveys))
+            crng = world.rng("po", c)
+            n = sl.stop - sl.start
+            lon, lat = world.random_land_points(crng, n, bias)
+            sites = world.sites(crng, lon, lat)
+            per_survey = counts[sl]
+            site_of = np.repeat(np.arange(n), per_survey)
+            species = self._po_species(crng, sites, site_of, proposal)
+            unc = np.round(np.clip(crng.lognormal(np.log(12), 1.3, n), 1, 50_000), 1)
+            # Reported coordinates are off by about the stated uncertainty.
+            jitter = crng.normal(0, 1, (2, n)) * unc / 111_320
+            rlat = np.round(lat + jitter[0], 5)
+            rlon = np.round(lon + jitter[1] / np.cos(np.radians(lat)), 5)
+            year = crng.integers(2017, 2022, n)
+            doy = np.clip(np.rint(crng.normal(165, 55, n)), 1, 365).astype(np.int64)
+            dates = pd.to_datetime(year.astype(str), format="%Y") + pd.to_timedelta(doy - 1, "D")
+            survey = pd.DataFrame({
+                "publisher": crng.choice(publishers, n, p=pub_p), "year": year,
+                "month": dates.month.astype(np.float64), "day": dates.day.astype(np.float64),
+                "lat": rlat, "lon": rlon, "geoUncertaintyInM": unc, "taxonRank": "SPECIES",
+                "date": dates.strftime("%Y-%m-%d"), "dayOfYear": dates.dayofyear,
+            })
+            rows = survey.iloc[site_of].reset_index(drop=True)
+            rows["speciesId"] = world.species_ids[species].astype(np.float64)
+            rows["surveyId"] = survey_ids[sl][site_of]
+            self.sink.csv(location(layout, "metadata.po")).append(rows[list(PO_COLUMNS)])
+            if len(fams) > 1:  # geoplant layout: PO env values too
+                for family, values in _env_tables(world, sites, crng).items():
+                    if f"env.{family}" in fams:
+                        self.sink.csv(location(layout, f"env.{family}", "po_train")).append(
+                            _frame(survey_ids[sl], ENV_COLUMNS[family], values))
+        self.counts["po_train_rows"] = int(preset.n_po_rows)
+        self.counts["po_train_surveys"] = int(n_surveys)
+
+    def _po_species(self, rng: np.random.Generator, sites: Sites, site_of: np.ndarray,
+                    proposal: np.ndarray) -> np.ndarray:
+        """Species of PO records: observers favour detectable species where they occur.
+
+        Rejection sampling: propose from prevalence x detectability, accept with the true
+        probability at the site over the species' maximum probability.
+        """
+        world = self.world
+        n = len(site_of)
+        species = np.empty(n, dtype=np.int64)
+        todo = np.arange(n)
+        for _ in range(80):
+            proposed = rng.choice(world.n_species, len(todo), p=proposal)
+            site = site_of[todo]
+            p = world.pair_probabilities(sites.z[site], sites.habitat[site], proposed)
+            accept = rng.random(len(todo)) * world.max_probability[proposed] < p
+            species[todo[accept]] = proposed[accept]
+            todo = todo[~accept]
+            if todo.size == 0:
+                break
+        if todo.size:
+            species[todo] = proposed[~accept]
+        return species
+
+    # -- rasters, submission, truth ------------------------------------------------------------
+    def write_rasters(self) -> None:
+        from rasterio.transform import from_origin
+
+        from geoplant.layouts import raster_names
+        from geoplant.synthetic.world import EXTENT, RESOLUTION
+
+        world, g = self.world, self.world.grids
+        land = g["land"] > 0
+        transform = from_origin(EXTENT[0], EXTENT[3], RESOLUTION, RESOLUTION)
+        bio = render.bioclim(render.climatology(g))
+        hfp = _hfp_layers(g)
+        hfp_names = ("Built1994", "Built2009", "Croplands1992", "Croplands2005", "Lights1994",
+                     "Lights2009", "Navwater1994", "Navwater2009", "Pasture1993", "Pasture2009",
+                     "Popdensity1990", "Popdensity2010", "Railways", "Roads", "HFP1993",
+                     "HFP2009")
+        layers: dict[str, tuple[np.ndarray, float | None]] = {}
+        for i in range(19):
+            layers[f"bio{i + 1}"] = (np.where(land, bio[..., i], -32768).astype(np.int32),
+                                     -32768)
+        layers["elevation"] = (np.where(land, np.rint(g["elevation"]), -9999).astype(np.int16),
+                               -9999)
+        for i, name in enumerate(hfp_names):
+            layers[f"hfp_{name}"] = (np.where(land, hfp[..., i], -1).astype(np.float32), -1)
+        for v in ("bdod", "cec", "cfvo", "clay", "nitrogen", "phh2o", "sand", "silt", "soc"):
+            layers[f"soil_{v}"] = (np.where(land, np.rint(g[f"soil_{v}"]), -32768)
+                                   .astype(np.int16), -32768)
+        for name in raster_names(self.layout):
+            loc = location(self.layout, f"raster.{name}")
+            if name == "landcover":
+                data = self._landcover_bands()
+                blob = _geotiff_bytes(data, crs="EPSG:4326", transform=transform, nodata=255,
+                                      descriptions=_landcover_descriptions())
+            else:
+                array, nodata = layers[name]
+                blob = _geotiff_bytes(array[None], crs="EPSG:4326", transform=transform,
+                                      nodata=nodata)
+            self.sink.write_bytes(loc, blob)
+        if self.layout == "geoplant":
+            self._write_bioregions(transform)
+        self.counts["rasters"] = len(raster_names(self.layout))
+        del world
+
+    def _landcover_bands(self) -> np.ndarray:
+        from geoplant.layouts import LANDCOVER_BANDS
+
+        g = self.world.grids
+        igbp = g["igbp"].astype(np.uint8)
+        land = g["land"] > 0
+        bands = np.zeros((len(LANDCOVER_BANDS), *igbp.shape), dtype=np.uint8)
+        bands[0] = igbp
+        bands[1:5] = np.where(igbp == 17, 0, igbp)  # other schemes: same classes here
+        bands[5:8] = np.clip(igbp, 1, 16)
+        bands[8:11] = 80
+        bands[11] = 0  # QC: good
+        bands[12] = np.where(land, 1, 2)  # land/water mask
+        return bands
+
+    def _write_bioregions(self, transform: Any) -> None:
+        from rasterio import features
+
+        g = self.world.grids
+        lon2, lat2 = np.meshgrid(self.world.lons, self.world.lats)
+        grid_sites = Sites(lon2.ravel(), lat2.ravel(), {k: v.ravel() for k, v in g.items()},
+                           np.zeros(lon2.size, np.int8), np.zeros(lon2.size),
+                           np.zeros(lon2.size), np.zeros((lon2.size, 1)))
+        names = self.world.region_of(grid_sites).reshape(lon2.shape)
+        codes = np.zeros(lon2.shape, dtype=np.int32)
+        for i, name in enumerate(REGIONS, start=1):
+            codes[names == name] = i
+        codes[g["land"] <= 0] = 0
+        feats = [
+            {"type": "Feature", "geometry": geom,
+             "properties": {"code": REGIONS[int(value) - 1][:3], "name": REGIONS[int(value) - 1]}}
+            for geom, value in features.shapes(codes, mask=codes > 0, transform=transform)
+        ]
+        doc = {"type": "FeatureCollection", "name": "Bioregions-Europe-2016-v1",
+               "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:OGC:1.3:CRS84"}},
+               "features": feats}
+        self.sink.write_bytes(
+            Location("GeoPlantData/EnvironmentalRasters/BiogeographicalRegions/"
+                     "Bioregions-Europe-2016-v1.geojson"),
+            json.dumps(doc, separators=(",", ":")).encode())
+
+    def write_sample_submission(self, test_ids: np.ndarray) -> None:
+        rng = self.world.rng("sample-submission")
+        frequent = self.world.species_ids[np.argsort(-self.world.prevalence)]
+        lengths = rng.integers(1, 31, len(test_ids))
+        predictions = [" ".join(map(str, np.sort(frequent[:k]))) for k in lengths]
+        self.sink.write_bytes(
+            location(self.layout, "sample_submission"),
+            pd.DataFrame({"surveyId": test_ids, "predictions": predictions})
+            .to_csv(index=False, lineterminator="\n").encode())
+
+    def write_truth(self, test_splits: dict[str, np.ndarray]) -> None:
+        world = self.world
+        species = pd.DataFrame({
+            "speciesId": world.species_ids, "prevalence": world.prevalence,
+            "detectability": world.detectability, "intercept": world.intercept,
+        })
+        species.to_csv(self.truth / "species.csv", index=False, lineterminator="\n")
+        for split in test_splits:
+            presences = pd.read_csv(self.truth / f"{split}_presences.csv")
+            grouped = presences.groupby("surveyId")["speciesId"].apply(
+                lambda s: " ".join(map(str, s)))
+            pd.DataFrame({"surveyId": grouped.index, "predictions": grouped.to_numpy()}).to_csv(
+                self.truth / f"{split}_solution.csv", index=False, lineterminator="\n")
+        params = {
+            "generator": f"geoplant {__version__}", "layout": self.layout,
+            "preset": self.preset.__dict__, "counts": self.counts,
+            "test_splits": list(test_splits), **world.parameters(),
+        }
+        (self.truth / "parameters.json").write_text(json.dumps(params, indent=1) + "\n")
+        (self.truth / "README.md").write_text(_TRUTH_README)
+
+
+def _landcover_descriptions() -> tuple[str, ...]:
+    from geoplant.layouts import LANDCOVER_BANDS
+
+    return tuple(LANDCOVER_BANDS)
+
+
+_TRUTH_README = """\
+# Truth of a synthetic GeoPlant release (not part of the real data)
+
+Written by `geoplant sample`. For every PA test split `<split>`:
+
+- `<split>_survey_ids.npy`: surveyIds (int64), the row order of the probability matrix;
+- `<split>_probabilities.npy`: float32 (n_surveys, n_species) true occurrence probabilities,
+  columns in the order of `species.csv`;
+- `<split>_presences.csv`: surveyId,speciesId: the drawn presences (the withheld labels);
+- `<split>_solution.csv`: the same as a Kaggle solution file (surveyId,predictions);
+- `<split>_hidden.csv`: the hidden local habitat, greenness, wetness and warming trend per
+  survey (what only the satellite and climate series reveal).
+
+`species.csv` lists every species of the world; `parameters.json` holds the generator's
+parameters (seed, preset, niches, the probability model) and the counts written.
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _prepare_output(out: Path, overwrite: bool) -> Path:
+    """Check ``out`` and return a fresh staging folder beside it."""
+    if out.exists() and not out.is_dir():
+        raise GeoplantError("exists and is not a folder", path=out,
+                            fix="choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise GeoplantError("folder is not empty", path=out,
+                            fix="choose an empty --out or pass --overwrite")
+    staging = out.parent / f".{out.name}.partial"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        probe = staging / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise GeoplantError(f"cannot write here ({err.strerror or err})", path=out,
+                            fix="choose a writable --out") from None
+    return staging
+
+
+def write_release(
+    out: str | os.PathLike[str],
+    *,
+    layout: str = "glc24",
+    preset: str = "tiny",
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ReleaseSummary:
+    """Write a synthetic GeoPlant release in a real raw layout, with its truth in ``out/truth``.
+
+    Parameters
+    ----------
+    out
+        Folder to create. Must be absent or empty unless ``overwrite``.
+    layout
+        ``"glc24"`` (Kaggle GeoLifeCLEF 2024 tree + Seafile raster zips) or ``"geoplant"``
+        (the 2026 GeoPlant structure).
+    preset
+        ``"tiny"`` (~1k PA surveys, 100 species; CI), ``"small"`` (10k surveys, 500 species,
+        100k PO rows) or ``"large"`` (the real sizes: 93,703 PA surveys, 5,079,797 PO rows).
+    seed
+        The same seed gives byte-identical files.
+    overwrite
+        Replace a non-empty ``out``.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    ReleaseSummary
+    """
+    layout_name = check_layout(layout)
+    if preset not in PRESETS:
+        raise GeoplantError(f"unknown preset {preset!r}",
+                            fix=f"use one of: {', '.join(PRESETS)}")
+    if seed < 0:
+        raise GeoplantError(f"seed must be >= 0, got {seed}", fix="pass a non-negative --seed")
+    target = Path(out).expanduser().absolute()
+    staging = _prepare_output(target, overwrite)
+    try:
+        writer = _ReleaseWriter(staging, layout_name, PRESETS[preset], seed, progress)
+        po_ids = writer.po_survey_ids()
+        pa = writer.write_pa(po_ids)
+        writer.write_po(po_ids)
+        writer.write_rasters()
+        tests = {k: v for k, v in pa.items() if k != "pa_train"}
+        if layout_name == "glc24":
+            writer.write_sample_submission(tests["pa_test"])
+        writer.sink.close()
+        writer.write_truth(tests)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    files = [p for p in target.rglob("*") if p.is_file()]
+    return ReleaseSummary(target, layout_name, preset, seed, writer.counts,
+                          writer.world.n_species, len(files), sum(p.stat().st_size for p in files))
+
+
+def iter_release_files(root: Path) -> Iterator[Path]:
+    """Files of a release, sorted (for checksums and comparisons)."""
+    yield from sorted(p for p in Path(root).rglob("*") if p.is_file())
