@@ -106,6 +106,20 @@ class _Sink:
         else:
             self._archive(loc.path).writestr(_zip_info(loc.member, compress), data)
 
+    def write_tensor(self, loc: Location, cube: np.ndarray) -> None:
+        """``torch.save`` one float32 tensor, as the real ``*_cube.pt`` files hold."""
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(cube))
+        if loc.member is None:
+            target = self.root / loc.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(tensor, target)  # records are then prefixed with the file stem, as real
+        else:
+            buffer = io.BytesIO()
+            torch.save(tensor, buffer)
+            self._archive(loc.path).writestr(_zip_info(loc.member, True), buffer.getvalue())
+
     def csv(self, loc: Location) -> _CsvFile:
         key = str(loc)
         if key not in self._csvs:
@@ -155,14 +169,6 @@ def _zip_info(member: str, compress: bool) -> zipfile.ZipInfo:
     return info
 
 
-def _tensor_bytes(cube: np.ndarray, name: str) -> bytes:
-    """A ``torch.save`` archive of one float32 tensor whose record prefix is ``name``."""
-    import torch
-
-    buffer = io.BytesIO()
-    buffer.name = name  # torch names the archive's records after the file name
-    torch.save(torch.from_numpy(np.ascontiguousarray(cube)), buffer)
-    return buffer.getvalue()
 
 
 def _jpeg_bytes(pixels: np.ndarray) -> bytes:
@@ -409,9 +415,7 @@ class _ReleaseWriter:
                        landsat[:, b].transpose(0, 2, 1).reshape(len(sid), -1).astype(np.float64)))
         for i, survey in enumerate(sid):
             for family, cube in (("climate.cube", climate[i]), ("landsat.cube", landsat[i])):
-                loc = location(layout, family, split, survey_id=survey)
-                name = Path(loc.member or loc.path).stem
-                sink.write_bytes(loc, _tensor_bytes(cube, name), compress=loc.member is not None)
+                sink.write_tensor(location(layout, family, split, survey_id=survey), cube)
         coarse = np.array([IGBP_TO_HABITAT.get(int(c), 2) for c in sites.env["igbp"]])
         coast = self.world.grid_values(sites.lon, sites.lat, "land", order=0) > 0
         coast &= self.coast[self._cell(sites)]
@@ -495,7 +499,7 @@ class _ReleaseWriter:
                 "publisher": crng.choice(publishers, n, p=pub_p), "year": year,
                 "month": dates.month.astype(np.float64), "day": dates.day.astype(np.float64),
                 "lat": rlat, "lon": rlon, "geoUncertaintyInM": unc, "taxonRank": "SPECIES",
-                "date": dates.strftime("%Y-%m-%d"), "dayOfYear": dates.dayofyear,
+                "date": dates.strftime("%Y-%m-%d"), "dayOfYear": dates.day_of_year,
             })
             rows = survey.iloc[site_of].reset_index(drop=True)
             rows["speciesId"] = world.species_ids[species].astype(np.float64)
