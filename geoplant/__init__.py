@@ -9,4 +9,21 @@ from geoplant.errors import GeoplantError
 
 __version__ = "0.1.0"
 
-__all__ = ["GeoplantError", "__version__"]
+__all__ = ["GeoplantError", "__version__", "build", "download", "open_store"]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy: `import geoplant` stays light; heavy modules load on first use.
+    if name == "open_store":
+        from geoplant.store import open_store
+
+        return open_store
+    if name == "build":
+        from geoplant.build import build
+
+        return build
+    if name == "download":
+        from geoplant.downloader import download
+
+        return download
+    raise AttributeError(f"module 'geoplant' has no attribute {name!r}")

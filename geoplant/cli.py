@@ -18,6 +18,8 @@ from geoplant.errors import GeoplantError
 #: name -> (module, one-line help). Order is the order shown by ``geoplant --help``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("geoplant.downloader", "Download GeoPlant / GeoLifeCLEF parts (Kaggle or HTTP)."),
+    "build": ("geoplant.build", "Build a raw release into a store (GeoParquet + Zarr v3)."),
+    "info": ("geoplant.info", "Summarise a store (counts, modalities, skipped items)."),
     "sample": ("geoplant.sample", "Write a synthetic GeoPlant release in a real raw layout."),
 }
 
