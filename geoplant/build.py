@@ -221,7 +221,7 @@ def _env_table(raw: Any, split: str, survey_ids: np.ndarray,
 
 
 def _template(split: str, survey_ids: np.ndarray, modalities: Sequence[str],
-              env_columns: list[str]) -> Any:
+              env_columns: list[str], block_surveys: int) -> Any:
     import dask.array as da
     import xarray as xr
 
@@ -229,7 +229,7 @@ def _template(split: str, survey_ids: np.ndarray, modalities: Sequence[str],
     data_vars: dict[str, Any] = {}
     encoding: dict[str, Any] = {}
     coords: dict[str, Any] = {"surveyId": ("surveyId", survey_ids)}
-    shard = BLOCK_SURVEYS
+    shard = block_surveys
     for name in modalities:
         spec = MODALITIES[name]
         shape = (len(env_columns),) if name == "env" else spec["shape"]
@@ -410,6 +410,7 @@ def build(
     strict: bool = False,
     rasters: bool = True,
     progress: bool = True,
+    block_surveys: int = BLOCK_SURVEYS,
 ) -> BuildSummary:
     """Build a raw release into a store (resumable: rerun after an interruption).
 
@@ -434,12 +435,17 @@ def build(
         Also convert the environmental rasters to ``rasters.zarr``.
     progress
         Show progress bars.
+    block_surveys
+        Surveys per block and per shard; a multiple of :data:`CHUNK_SURVEYS`.
     """
     import dask
 
     from geoplant.raw import RawRelease
 
     started = time.perf_counter()
+    if block_surveys <= 0 or block_surveys % CHUNK_SURVEYS:
+        raise GeoplantError(f"block_surveys must be a positive multiple of {CHUNK_SURVEYS}, "
+                            f"got {block_surveys}")
     raw = RawRelease(raw_root)
     store = Path(out).expanduser().absolute()
     all_splits = raw.splits
@@ -463,8 +469,15 @@ def build(
     except OSError as err:
         raise GeoplantError(f"cannot write the store ({err.strerror or err})", path=store,
                             fix="choose a writable --out") from None
-    (store / "_build" / "settings.json").write_text(json.dumps(
-        {"raw": str(Path(raw_root).absolute()), "splits": splits, "modalities": modalities}))
+    settings = {"raw": str(Path(raw_root).absolute()), "splits": splits,
+                "modalities": list(modalities) if modalities else None,
+                "block_surveys": block_surveys}
+    settings_file = store / "_build" / "settings.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
+        raise GeoplantError("an interrupted build with other settings is here", path=store,
+                            fix=f"rerun it with the same options ({settings_file.read_text()}) "
+                                "or delete the folder")
+    settings_file.write_text(json.dumps(settings))
     skips = _Skips(strict)
     counts: dict[str, int] = {}
     species_counts: dict[str, pd.Series] = {}
@@ -472,9 +485,10 @@ def build(
     for split in splits:
         target = store / "records" / f"{split}.parquet"
         marker = store / "_build" / f"records-{split}.json"
+        ids_file = marker.with_suffix(".npy")
         if marker.exists():  # resume: the records were finished before
             saved = json.loads(marker.read_text())
-            survey_ids[split] = np.asarray(saved["survey_ids"], dtype=np.int64)
+            survey_ids[split] = np.load(ids_file)
             species_counts[split] = pd.Series(saved["species_counts"], dtype=np.int64)
             species_counts[split].index = species_counts[split].index.astype(np.int64)
             skips.items += saved["skipped"]
@@ -482,8 +496,9 @@ def build(
             before = len(skips.items)
             ids, spc = _write_records(raw, split, target, skips, progress)
             survey_ids[split], species_counts[split] = ids, spc
+            np.save(ids_file, ids)
             _atomic_write_bytes(marker, json.dumps({
-                "survey_ids": ids.tolist(), "skipped": skips.items[before:],
+                "skipped": skips.items[before:],
                 "species_counts": {str(k): int(v) for k, v in spc.items()}}).encode())
         counts[f"{split}_surveys"] = len(survey_ids[split])
         counts[f"{split}_records"] = int(species_counts[split].sum()) if len(
@@ -505,15 +520,15 @@ def build(
         if "env" in mods:
             env_values, env_columns = _env_table(raw, split, ids, skips)
         if not (cube_path / "zarr.json").exists():
-            ds, encoding = _template(split, ids, mods, env_columns)
+            ds, encoding = _template(split, ids, mods, env_columns, block_surveys)
             ds.to_zarr(str(cube_path), mode="w", compute=False, zarr_format=3,
                        encoding=encoding, consolidated=False)
-        for start in range(0, len(ids), BLOCK_SURVEYS):
+        for start in range(0, len(ids), block_surveys):
             marker = done_dir / f"block-{start:09d}.json"
             if marker.exists():
                 resumed += 1
                 continue
-            block_ids = ids[start : start + BLOCK_SURVEYS]
+            block_ids = ids[start : start + block_surveys]
             block_env = None if env_values is None else env_values[start : start + len(block_ids)]
             tasks.append(dask.delayed(_block_task, pure=False)(
                 raw, str(cube_path), split, start, block_ids, mods, block_env, str(marker)))
@@ -542,7 +557,7 @@ def build(
         "modalities": {s: [m for m in (modalities or MODALITIES)
                            if MODALITIES[m]["family"] in raw.families(s)]
                        for s in splits if s != "po_train"},
-        "block_surveys": BLOCK_SURVEYS,
+        "block_surveys": block_surveys,
         "chunk_surveys": CHUNK_SURVEYS,
         "counts": counts,
         "skipped": {"total": len(skips.items), "items": skips.items},
