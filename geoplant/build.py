@@ -15,9 +15,9 @@ Layout of a store::
     rasters.zarr/<name>              environmental rasters, spatially chunked, with CRS
     _build/                          markers of finished work (resume); removed when complete
 
-Per-survey modalities are written block by block (:data:`BLOCK_SURVEYS` surveys, one Zarr v3
-shard along ``surveyId``), each block a dask task that reads its raw files and writes its own
-region, so blocks never share a shard and run in any order, on the local scheduler or a
+Per-survey modalities are written block by block (:data:`BLOCK_SURVEYS` surveys, a whole number
+of chunks along ``surveyId``), each block a dask task that reads its raw files and writes its
+own region, so blocks never share a chunk and run in any order, on the local scheduler or a
 dask.distributed cluster. A finished block leaves a marker; a rerun skips marked blocks, so a
 killed build resumes where it stopped and ends with the same bytes.
 """
@@ -64,7 +64,7 @@ MODALITIES: Final[dict[str, dict[str, Any]]] = {
     "env": {"family": "env.bioclimatic", "dims": ("env_variable",), "shape": None,
             "dtype": "float32", "fill": np.nan, "coords": {}},
 }
-#: Surveys per build block = per Zarr shard along surveyId.
+#: Surveys per build block (and per chunk of the non-image arrays).
 BLOCK_SURVEYS: Final = 1024
 #: Surveys per inner chunk of the image modalities (the unit of a random read).
 CHUNK_SURVEYS: Final = 16
@@ -229,25 +229,28 @@ def _template(split: str, survey_ids: np.ndarray, modalities: Sequence[str],
     data_vars: dict[str, Any] = {}
     encoding: dict[str, Any] = {}
     coords: dict[str, Any] = {"surveyId": ("surveyId", survey_ids)}
-    shard = block_surveys
+    block = block_surveys
     for name in modalities:
         spec = MODALITIES[name]
         shape = (len(env_columns),) if name == "env" else spec["shape"]
         data_vars[name] = (("surveyId", *spec["dims"]),
                            da.full((n, *shape), spec["fill"], dtype=spec["dtype"],
-                                   chunks=(shard, *shape)))
-        if name.startswith("sentinel2"):  # small inner chunks for random reads, one shard/block
-            encoding[name] = {"chunks": (CHUNK_SURVEYS, *shape), "shards": (shard, *shape)}
+                                   chunks=(block, *shape)))
+        if name.startswith("sentinel2"):
+            # Small chunks for random reads. No Zarr v3 sharding: zarr-python reads a few
+            # inner chunks of a shard ~6x slower than plain chunks (benchmarks/RESULTS.md),
+            # and 16-survey chunks of the PA splits are few thousand files.
+            encoding[name] = {"chunks": (CHUNK_SURVEYS, *shape)}
         else:
-            encoding[name] = {"chunks": (shard, *shape)}
+            encoding[name] = {"chunks": (block, *shape)}
         encoding[name]["fill_value"] = spec["fill"]
         for dim, values in spec["coords"].items():
             # object dtype -> Zarr v3 variable-length strings (fixed-width UTF-32 has no spec)
             coords.setdefault(dim, (dim, np.asarray(values, dtype=object)
                                     if isinstance(values[0], str) else values))
         valid = f"valid_{name}"
-        data_vars[valid] = (("surveyId",), da.zeros(n, dtype=bool, chunks=shard))
-        encoding[valid] = {"chunks": (shard,)}
+        data_vars[valid] = (("surveyId",), da.zeros(n, dtype=bool, chunks=block))
+        encoding[valid] = {"chunks": (block,)}
     if "env" in modalities:
         coords["env_variable"] = ("env_variable", np.asarray(env_columns, dtype=object))
     ds = xr.Dataset(data_vars, coords=coords, attrs={"split": split, "geoplant": __version__})
@@ -436,7 +439,7 @@ def build(
     progress
         Show progress bars.
     block_surveys
-        Surveys per block and per shard; a multiple of :data:`CHUNK_SURVEYS`.
+        Surveys per block; a multiple of :data:`CHUNK_SURVEYS`.
     """
     import dask
 
