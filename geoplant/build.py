@@ -224,6 +224,7 @@ def _template(split: str, survey_ids: np.ndarray, modalities: Sequence[str],
               env_columns: list[str], block_surveys: int) -> Any:
     import dask.array as da
     import xarray as xr
+    import zarr
 
     n = len(survey_ids)
     data_vars: dict[str, Any] = {}
@@ -240,7 +241,9 @@ def _template(split: str, survey_ids: np.ndarray, modalities: Sequence[str],
             # Small chunks for random reads. No Zarr v3 sharding: zarr-python reads a few
             # inner chunks of a shard ~6x slower than plain chunks (benchmarks/RESULTS.md),
             # and 16-survey chunks of the PA splits are few thousand files.
-            encoding[name] = {"chunks": (CHUNK_SURVEYS, *shape)}
+            # lz4: zstd saves little on JPEG-decoded pixels but costs ~2.5 ms per chunk read.
+            encoding[name] = {"chunks": (CHUNK_SURVEYS, *shape), "compressors": [
+                zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")]}
         else:
             encoding[name] = {"chunks": (block, *shape)}
         encoding[name]["fill_value"] = spec["fill"]
@@ -549,6 +552,7 @@ def build(
         else []
     species = _species_table(species_counts)
     species.to_parquet(store / "species.parquet", index=False)
+    stats_written = "pa_train" in splits
     counts["species"] = len(species)
     counts["rasters"] = len(raster_names)
     manifest = {
@@ -565,12 +569,18 @@ def build(
         "counts": counts,
         "skipped": {"total": len(skips.items), "items": skips.items},
         "rasters": raster_names,
+        "normalization_stats": "stats.json" if stats_written else None,
         "sources": _source_entries(raw, splits, list(modalities or MODALITIES)),
         "versions": _versions(),
     }
     _atomic_write_bytes(store / "manifest.json",
                         (json.dumps(manifest, indent=1, default=_json_default) + "\n").encode())
-    shutil.rmtree(store / "_build")
+    if stats_written:
+        from geoplant.torch import compute_normalization_stats
+
+        # Training-split statistics, stored once and reused for every split (never test data).
+        compute_normalization_stats(store, "pa_train", write=True)
+    shutil.rmtree(store / "_build")  # last: the store is complete
     raw.close()
     return BuildSummary(store, counts, skips.items, len(tasks), resumed,
                         time.perf_counter() - started, manifest)
