@@ -67,7 +67,7 @@ MODALITIES: Final[dict[str, dict[str, Any]]] = {
 #: Surveys per build block (and per chunk of the non-image arrays).
 BLOCK_SURVEYS: Final = 1024
 #: Surveys per inner chunk of the image modalities (the unit of a random read).
-CHUNK_SURVEYS: Final = 16
+CHUNK_SURVEYS: Final = 4
 #: Highest valid speciesId (GLC24: num_classes = 11255).
 MAX_SPECIES_ID: Final = 11_254
 _ENV_FAMILIES: Final = ("bioclimatic", "elevation", "human_footprint", "landcover", "soilgrids")
@@ -83,6 +83,8 @@ class BuildSummary:
     blocks_done: int
     blocks_resumed: int
     seconds: float
+    #: Wall time per phase: records, cubes (the per-survey blocks), rasters, sources, stats.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
@@ -239,8 +241,8 @@ def _template(split: str, survey_ids: np.ndarray, modalities: Sequence[str],
                                    chunks=(block, *shape)))
         if name.startswith("sentinel2"):
             # Small chunks for random reads. No Zarr v3 sharding: zarr-python reads a few
-            # inner chunks of a shard ~6x slower than plain chunks (benchmarks/RESULTS.md),
-            # and 16-survey chunks of the PA splits are few thousand files.
+            # inner chunks of a shard 2-5x slower than plain chunks (benchmarks/RESULTS.md),
+            # and 4-survey chunks of the PA splits are ~25k files.
             # lz4: zstd saves little on JPEG-decoded pixels but costs ~2.5 ms per chunk read.
             encoding[name] = {"chunks": (CHUNK_SURVEYS, *shape), "compressors": [
                 zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")]}
@@ -538,7 +540,10 @@ def build(
             block_env = None if env_values is None else env_values[start : start + len(block_ids)]
             tasks.append(dask.delayed(_block_task, pure=False)(
                 raw, str(cube_path), split, start, block_ids, mods, block_env, str(marker)))
+    phases = {"records": time.perf_counter() - started}
+    mark = time.perf_counter()
     _run_tasks(tasks, scheduler, workers, "cube blocks", progress)
+    phases["cubes"] = time.perf_counter() - mark
     # Skipped items of every block, finished now or in an earlier run.
     for split in splits:
         if split == "po_train":
@@ -548,8 +553,13 @@ def build(
                 skips.add(**{k: item[k] for k in ("split", "kind", "reason")},
                           survey_id=item["surveyId"], file=item["file"], line=item["line"])
 
+    mark = time.perf_counter()
     raster_names = _write_rasters(raw, store / "rasters.zarr", progress, skips) if rasters \
         else []
+    phases["rasters"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    sources = _source_entries(raw, splits, list(modalities or MODALITIES))
+    phases["sources"] = time.perf_counter() - mark
     species = _species_table(species_counts)
     species.to_parquet(store / "species.parquet", index=False)
     stats_written = "pa_train" in splits
@@ -570,7 +580,7 @@ def build(
         "skipped": {"total": len(skips.items), "items": skips.items},
         "rasters": raster_names,
         "normalization_stats": "stats.json" if stats_written else None,
-        "sources": _source_entries(raw, splits, list(modalities or MODALITIES)),
+        "sources": sources,
         "versions": _versions(),
     }
     _atomic_write_bytes(store / "manifest.json",
@@ -579,11 +589,14 @@ def build(
         from geoplant.torch import compute_normalization_stats
 
         # Training-split statistics, stored once and reused for every split (never test data).
+        mark = time.perf_counter()
         compute_normalization_stats(store, "pa_train", write=True)
+        phases["stats"] = time.perf_counter() - mark
     shutil.rmtree(store / "_build")  # last: the store is complete
     raw.close()
     return BuildSummary(store, counts, skips.items, len(tasks), resumed,
-                        time.perf_counter() - started, manifest)
+                        time.perf_counter() - started, {k: round(v, 2) for k, v in phases.items()},
+                        manifest)
 
 
 def _json_default(value: Any) -> Any:

@@ -17,9 +17,14 @@ from geoplant.errors import GeoplantError
 
 #: name -> (module, one-line help). Order is the order shown by ``geoplant --help``.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("geoplant.demo", "Run the whole kit offline on a synthetic world: sample, build, "
+             "baselines, scores vs oracle."),
     "download": ("geoplant.downloader", "Download GeoPlant / GeoLifeCLEF parts (Kaggle or HTTP)."),
     "build": ("geoplant.build", "Build a raw release into a store (GeoParquet + Zarr v3)."),
+    "evaluate": ("geoplant.evaluate", "Score a Kaggle submission (samples-F1 and more) against "
+                 "PA truth or a synthetic oracle."),
     "info": ("geoplant.info", "Summarise a store (counts, modalities, skipped items)."),
+    "run": ("geoplant.run", "Execute a named baseline notebook with papermill (+ model card)."),
     "sample": ("geoplant.sample", "Write a synthetic GeoPlant release in a real raw layout."),
 }
 

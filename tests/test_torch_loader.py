@@ -13,7 +13,7 @@ import zarr
 from torch.utils.data import DataLoader
 
 import geoplant.torch as gt
-from geoplant.build import build
+from geoplant.build import CHUNK_SURVEYS, build
 from geoplant.errors import GeoplantError
 from geoplant.store import open_store
 
@@ -160,7 +160,7 @@ def test_labels_and_ids_match_records(store_path: Path, stats: dict,
 def test_disk_and_memory_modes_agree(store_path: Path, mem_ds: gt.SurveyDataset) -> None:
     mem = mem_ds
     disk = gt.SurveyDataset(store_path, "pa_train", in_memory=False, cache_mb=2)
-    assert mem.block_size == 1 and disk.block_size == 16
+    assert mem.block_size == 1 and disk.block_size == CHUNK_SURVEYS
     idx = [5, 900, 5, 0, 17, 949, -1]
     a, b = mem.get_batch(idx), disk.get_batch(idx)
     assert a.keys() == b.keys()
@@ -192,7 +192,7 @@ def test_subset_and_auto_memory(store_path: Path, mem_ds: gt.SurveyDataset,
     monkeypatch.setattr(gt, "_available_memory", lambda: 4 * 950 * per_survey_s2 // 2)
     auto = gt.SurveyDataset(store_path, "pa_train")
     assert set(auto.in_memory_modalities) == {"landsat", "climate", "env"}
-    assert auto.block_size == 16
+    assert auto.block_size == CHUNK_SURVEYS
     monkeypatch.setattr(gt, "_available_memory", lambda: 10**12)
     assert gt.SurveyDataset(store_path, "pa_train", modalities=("env", "landsat"),
                             ).in_memory_modalities == ("env", "landsat")
@@ -247,9 +247,10 @@ def test_block_sampler_follows_dataset_chunks(store_path: Path, stats: dict,
     sampler = ds.sampler(seed=1, buffer_blocks=2)
     order = np.fromiter(sampler, np.int64)
     np.testing.assert_array_equal(np.sort(order), np.arange(len(ds)))
-    _assert_buffered(order, ds.rows // 16, 2)
+    _assert_buffered(order, ds.rows // CHUNK_SURVEYS, 2)
     with pytest.raises(AssertionError):  # a uniform permutation is not chunk-local
-        _assert_buffered(np.random.default_rng(0).permutation(len(ds)), ds.rows // 16, 2)
+        _assert_buffered(np.random.default_rng(0).permutation(len(ds)),
+                         ds.rows // CHUNK_SURVEYS, 2)
     assert mem_ds.sampler().block_size == 1
 
 

@@ -1,0 +1,86 @@
+"""Every notebook runs on the tiny world through papermill (`geoplant run`), end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from geoplant.build import build
+from geoplant.run import list_baselines, run_baseline
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def tiny_store(glc24_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("nb") / "store"
+    build(glc24_tiny, out, progress=False)
+    return out
+
+
+def test_notebooks_are_stripped_and_parameterised() -> None:
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, path
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, path
+    referenced = {spec["notebook"] for spec in list_baselines().values()}
+    assert referenced == {p.name for p in NOTEBOOKS.glob("*.ipynb")}
+
+
+@pytest.mark.parametrize("name, params", [
+    ("explore", {}),
+    ("env-logistic", {}),
+    ("landsat-nn", {"epochs": 1}),
+    ("mme-multimodal", {"epochs": 1}),
+    ("submission", {"epochs": 1, "modalities": ["landsat", "env"]}),
+])
+def test_baseline_notebooks_run_and_score(tiny_store: Path, tmp_path: Path, name: str,
+                                          params: dict) -> None:
+    out = tmp_path / name
+    metrics = run_baseline(name, tiny_store, out, parameters=params, progress=False)
+    executed = nbformat.read(out / f"{name}.ipynb", as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    assert errors == []
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    card = (out / "MODEL_CARD.md").read_text()
+    assert name in card and "Hardware" in card and "arXiv:2408.13928" in card
+    if name == "explore":
+        assert metrics["pa_surveys"] > 0 and (out / "survey_map.png").stat().st_size > 0
+        return
+    assert 0 < metrics["test_samples_f1"] <= 1
+    assert 0 < metrics["oracle_samples_f1"] <= 1
+    assert metrics["decoder"] in ("top_k", "average_k", "threshold", "expected_f1")
+    if name == "submission":
+        sub = pd.read_csv(out / "submission.csv")
+        assert list(sub.columns) == ["surveyId", "predictions"]
+        assert sub["surveyId"].is_unique and (out / "richness_map.png").exists()
+        truth = Path(json.loads((tiny_store / "manifest.json").read_text())["raw_root"])
+        scored = subprocess.run([sys.executable, "-m", "geoplant.cli", "evaluate",
+                                 str(out / "submission.csv"), "--truth", str(truth / "truth"),
+                                 "--json"], capture_output=True, text=True, timeout=120)
+        assert scored.returncode == 0, scored.stderr
+        report = json.loads(scored.stdout)
+        assert abs(report["metrics"]["samples_f1"] - metrics["test_samples_f1"]) < 1e-3
+        assert report["oracle"]["samples_f1_expected_f1_sets"] == pytest.approx(
+            metrics["oracle_samples_f1"], abs=1e-3)
+
+
+def test_run_cli_lists_and_rejects_unknown(tiny_store: Path, tmp_path: Path) -> None:
+    listing = subprocess.run([sys.executable, "-m", "geoplant.cli", "run", "--list"],
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and "mme-multimodal" in listing.stdout
+    bad = subprocess.run([sys.executable, "-m", "geoplant.cli", "run", "nope", "--data",
+                          str(tiny_store), "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown baseline 'nope'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
