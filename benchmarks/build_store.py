@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,14 +38,17 @@ def emit(result: dict) -> None:
 
 
 def child(code: str, *args: str) -> dict:
-    """Run python code in a fresh process; it prints one JSON line; add its peak RSS."""
-    wrapped = code + (
-        "\nimport resource, json as _j\n"
-        "print(_j.dumps({**RESULT, 'peak_rss_mb': "
-        "round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))\n")
-    out = subprocess.run([sys.executable, "-c", wrapped, *args], capture_output=True, text=True,
-                         check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Run python code in a fresh process; it prints one JSON line; add its peak RSS.
+
+    The peak RSS comes from GNU time (wait4 of a freshly exec'd child): ``ru_maxrss`` read
+    inside a forked child would report the parent's peak, since Linux carries it across fork.
+    """
+    wrapped = code + "\nimport json as _j\nprint(_j.dumps(RESULT))\n"
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        out = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, sys.executable,
+                              "-c", wrapped, *args], capture_output=True, text=True, check=True)
+        peak_kb = int(Path(rss.name).read_text().split()[-1])
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "peak_rss_mb": peak_kb // 1024}
 
 
 def bench_s2_build(raw: Path, tmp: Path) -> None:
@@ -149,6 +153,8 @@ def bench_build_memory(raws: list[Path], tmp: Path) -> dict[str, Path]:
     stores = {}
     for raw in raws:
         out = tmp / f"store-{raw.name}"
+        if out.exists():
+            shutil.rmtree(out)
         result = child("import sys, time; from geoplant.build import build\n"
                        "t = time.perf_counter()\n"
                        "s = build(sys.argv[1], sys.argv[2], progress=False)\n"
@@ -165,6 +171,8 @@ def main() -> None:
     parser.add_argument("--large", type=Path, help="the large glc24 release (PO open test)")
     parser.add_argument("--memory", type=Path, nargs="*", default=[],
                         help="releases whose whole build's peak RSS to measure")
+    parser.add_argument("--keep-stores", type=Path, default=None,
+                        help="build the --memory stores here and keep them")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--skip", nargs="*", default=[], help="benchmarks to skip")
     args = parser.parse_args()
@@ -174,7 +182,8 @@ def main() -> None:
             bench_s2_build(args.raw, tmp)
         if "chunking" not in args.skip:
             bench_chunking(args.raw, tmp)
-        stores = bench_build_memory(list(args.memory), tmp) if args.memory else {}
+        stores = bench_build_memory(list(args.memory), args.keep_stores or tmp) \
+            if args.memory else {}
         if args.large:
             store = stores.get(args.large.name)
             if store is None:

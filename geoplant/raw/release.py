@@ -262,10 +262,14 @@ class RawRelease:
                 self._zips[archive] = zf
         return zf
 
+    def _full(self, path: str) -> str:
+        # Plain string joins: pathlib costs ~0.1 ms per call, paid 2x per survey in builds.
+        return f"{os.fspath(self.root)}/{path}"
+
     def exists(self, loc: Location) -> bool:
         """Whether a location exists (a missing archive counts as missing)."""
         if loc.member is None:
-            return (self.root / loc.path).is_file()
+            return os.path.isfile(self._full(loc.path))
         if not (self.root / loc.path).is_file():
             return False
         try:
@@ -282,7 +286,7 @@ class RawRelease:
         """Open a location as a binary stream (zip members are decompressed on the fly)."""
         if loc.member is None:
             try:
-                return open(self.root / loc.path, "rb")  # the caller closes it
+                return open(self._full(loc.path), "rb")  # the caller closes it
             except FileNotFoundError:
                 raise self._missing(loc) from None
         try:
@@ -454,6 +458,8 @@ class RawRelease:
             cands = self._patch_candidates(family, split, sid)
         else:
             cands = [self.location(family, self._split(split), survey_id=sid)]
+        if len(cands) == 1 and cands[0].member is None:
+            return cands[0]  # opening it reports a missing file, naming it; saves a stat
         for loc in cands:
             if self.exists(loc):
                 return loc
@@ -496,7 +502,7 @@ class RawRelease:
         if on_error not in ("raise", "skip"):
             raise GeoplantError(f"unknown on_error {on_error!r}", fix="use 'raise' or 'skip'")
         sids = np.asarray(list(ids), dtype=np.int64)
-        data = np.full((len(sids), *shape), fill, dtype=dtype)
+        data = np.empty((len(sids), *shape), dtype=dtype)  # failed rows get `fill` below
         ok = np.zeros(len(sids), dtype=bool)
         errors: dict[int, GeoplantError] = {}
         for i, sid in enumerate(sids.tolist()):
@@ -506,6 +512,7 @@ class RawRelease:
             except GeoplantError as exc:
                 if on_error == "raise":
                     raise
+                data[i] = fill
                 errors[sid] = exc
         return Batch(sids, data, ok, errors)
 
