@@ -8,20 +8,17 @@ import io
 import json
 import os
 import random
-import re
-import socket
 import subprocess
 import sys
-import threading
 import urllib.parse
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from local_http import Handler, LocalServer, offline_guard
 
 from geoplant import cli
 from geoplant.catalog import load_catalog
@@ -34,14 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Refuse any connection that is not to 127.0.0.1; isolate from the user's Kaggle setup."""
-    real_connect = socket.socket.connect
-
-    def guarded(self: socket.socket, address: Any) -> Any:
-        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] != "127.0.0.1":
-            raise OSError(f"test tried to reach {address!r}")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
+    offline_guard(monkeypatch)
     for var in [v for v in os.environ if v.startswith("KAGGLE_") or v.lower().endswith("_proxy")]:
         monkeypatch.delenv(var)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -52,110 +42,31 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- test server
 
 
-class Server:
-    """HTTP server with Range support, one-shot faults, a request log, and Kaggle API routes."""
+class Server(LocalServer):
+    """The mirror (``local_http.LocalServer``: Range, one-shot faults, a request log) plus the
+    Kaggle API routes: a download POST is answered with a redirect to ``/files/<name>``."""
 
     def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.log: list[dict[str, Any]] = []
-        self.cut: dict[str, int] = {}  # path -> bytes sent before dropping the connection, once
-        self.corrupt: set[str] = set()  # paths whose next body has one flipped byte
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__(headers={"ETag": '"v1"', "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"})
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def gets(self, path: str) -> list[dict[str, Any]]:
-        return [e for e in self.log if e["method"] == "GET" and e["path"] == path]
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _path(self) -> str:  # proxied requests carry an absolute URL
-                return urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-
-            def do_GET(self) -> None:
-                path = self._path()
-                entry = {"method": "GET", "path": path, "range": self.headers.get("Range"),
-                         "status": 404, "sent": 0, "auth": self.headers.get("Authorization")}
-                server.log.append(entry)
-                data = server.files.get(path)
-                if data is None:
-                    self._reply(404, b"not found")
-                    return
-                start, status = 0, 200
-                if entry["range"]:
-                    start, status = int(re.fullmatch(r"bytes=(\d+)-", entry["range"])[1]), 206
-                    if start >= len(data):
-                        self._reply(416, b"")
-                        entry["status"] = 416
-                        return
-                body = bytearray(data[start:])
-                if path in server.corrupt:
-                    server.corrupt.discard(path)
-                    body[len(body) // 2] ^= 0xFF
-                entry["status"] = status
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Accept-Ranges", "bytes")
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("ETag", '"v1"')
-                self.send_header("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")
-                if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.end_headers()
-                n = server.cut.pop(path, None)
-                if n is not None:  # simulate a dropped connection
-                    self.wfile.write(body[:n])
-                    self.wfile.flush()
-                    entry["sent"] = n
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self.wfile.write(body)
-                entry["sent"] = len(body)
-
-            def do_POST(self) -> None:
-                path = self._path()
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                server.log.append({"method": "POST", "path": path, "body": body,
-                                   "auth": self.headers.get("Authorization")})
-                if path.endswith("/competitions.CompetitionApiService/DownloadDataFile"):
-                    target = "/files/" + body["fileName"]
-                elif path.endswith("/competitions.CompetitionApiService/DownloadDataFiles"):
-                    target = f"/files/{body['competitionName']}.zip"
-                else:
-                    target = ""
-                if target not in server.files:
-                    self._reply(404, json.dumps({"code": 404, "message": "not found"}).encode(),
-                                "application/json")
-                    return
-                self.send_response(302)
-                self.send_header("Location", "http://localhost" + urllib.parse.quote(target))
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def _reply(self, status: int, body: bytes, ctype: str = "text/plain") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        return Handler
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def handle_post(self, handler: Handler, path: str, body: bytes) -> None:
+        request = json.loads(body)
+        self.log.append({"method": "POST", "path": path, "body": request,
+                         "auth": handler.headers.get("Authorization")})
+        if path.endswith("/competitions.CompetitionApiService/DownloadDataFile"):
+            target = "/files/" + request["fileName"]
+        elif path.endswith("/competitions.CompetitionApiService/DownloadDataFiles"):
+            target = f"/files/{request['competitionName']}.zip"
+        else:
+            target = ""
+        if target not in self.files:
+            handler.reply(404, json.dumps({"code": 404, "message": "not found"}).encode(),
+                          "application/json")
+            return
+        handler.send_response(302)
+        handler.send_header("Location", "http://localhost" + urllib.parse.quote(target))
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
 
 
 @pytest.fixture

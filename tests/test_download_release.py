@@ -30,20 +30,18 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import threading
 import urllib.parse
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from local_http import LocalServer, offline_guard
 
 from geoplant import cli
 from geoplant.catalog import load_catalog
@@ -79,106 +77,28 @@ socket.socket.connect = _guarded
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process code may reach 127.0.0.1 only (the subprocess has its own guard)."""
-    real_connect = socket.socket.connect
-
-    def guarded(self: socket.socket, address: Any) -> Any:
-        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] != "127.0.0.1":
-            raise OSError(f"test tried to reach {address!r}")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
+    offline_guard(monkeypatch)
 
 
 # ------------------------------------------------------------------------------- server
 
 
-class Server:
-    """HTTP/1.1 server with Range support, a request log, one-shot connection drops, and
-    Seafile's share download form ``<share>/files/?p=/<path>&dl=1`` (served from
+class Server(LocalServer):
+    """``local_http.LocalServer`` (Range, a request log, one-shot connection drops) that also
+    answers Seafile's share download form ``<share>/files/?p=/<path>&dl=1`` (served from
     ``<share>/<path>``)."""
 
     def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}  # URL path -> body
-        self.log: list[dict[str, Any]] = []
-        self.cut: dict[str, int] = {}  # path -> bytes sent before the connection drops, once
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__(content_type="application/zip")
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def gets(self, path: str) -> list[dict[str, Any]]:
-        return [e for e in self.log if e["path"] == path]
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _resolve(self) -> str:
-                split = urllib.parse.urlsplit(self.path)
-                path = urllib.parse.unquote(split.path)
-                share = re.fullmatch(r"(/(?:seafile/)?d/[0-9a-f]+)/files/", path)
-                if share:  # Seafile: the file is named by the query, dl=1 asks for its bytes
-                    query = urllib.parse.parse_qs(split.query)
-                    if query.get("dl") == ["1"] and query.get("p", [""])[0].startswith("/"):
-                        return share[1] + query["p"][0]
-                return path
-
-            def do_GET(self) -> None:
-                path = self._resolve()
-                entry = {"path": path, "raw": self.path, "range": self.headers.get("Range"),
-                         "status": 404, "sent": 0}
-                server.log.append(entry)
-                data = server.files.get(path)
-                if data is None:
-                    self._reply(404, b"not found")
-                    return
-                start, status = 0, 200
-                if entry["range"]:
-                    start, status = int(re.fullmatch(r"bytes=(\d+)-", entry["range"])[1]), 206
-                    if start >= len(data):
-                        entry["status"] = 416
-                        self._reply(416, b"")
-                        return
-                body = data[start:]
-                entry["status"] = status
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Accept-Ranges", "bytes")
-                self.send_header("Content-Type", "application/zip")
-                if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.end_headers()
-                n = server.cut.pop(path, None)
-                if n is not None:  # the connection drops mid-body
-                    self.wfile.write(body[:n])
-                    self.wfile.flush()
-                    entry["sent"] = n
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self.wfile.write(body)
-                entry["sent"] = len(body)
-
-            def _reply(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        return Handler
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def resolve(self, target: str) -> str:
+        path = super().resolve(target)
+        share = re.fullmatch(r"(/(?:seafile/)?d/[0-9a-f]+)/files/", path)
+        if share:  # Seafile: the file is named by the query, dl=1 asks for its bytes
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+            if query.get("dl") == ["1"] and query.get("p", [""])[0].startswith("/"):
+                return share[1] + query["p"][0]
+        return path
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -35,13 +35,7 @@ def topk_f1(y: np.ndarray, scores: np.ndarray, k: int) -> float:
     return samples_f1(y, pred)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    """Tiny models: one intra-op thread is much faster than two on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

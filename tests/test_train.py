@@ -36,12 +36,7 @@ from geoplant.train import (
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _env_model(seed: int = 0, n_species: int = 8) -> MultimodalSDM:

@@ -106,8 +106,10 @@ def decode_jpeg(
             with Image.open(io.BytesIO(data)) as img:
                 want = "L" if channels == 1 else "RGB"
                 if img.mode != want:
+                    # Same wording as the simplejpeg path: the channel count is the fact.
                     raise GeoplantError(
-                        f"JPEG has mode {img.mode}, expected {want}", path=name,
+                        f"JPEG has {len(img.getbands())} channel(s) (mode {img.mode}), "
+                        f"expected {channels}", path=name,
                         fix="RGB and NIR trees may be swapped, or the file is not a patch",
                     )
                 img.load()
