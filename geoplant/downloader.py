@@ -894,24 +894,19 @@ def _execute(plans: list[_Plan], dest: Path, lock: _Lock, api: Any, *, retries: 
 # ------------------------------------------------------------------------------- CLI
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {value}")
+        return value
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {value}")
-    return value
+    return parse
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -933,11 +928,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="list parts, sizes, total and what is present; fetch nothing")
     parser.add_argument("--extract", action="store_true", help="unzip archive parts once")
-    parser.add_argument("--jobs", type=_positive_int, default=4, metavar="N",
+    parser.add_argument("--jobs", type=_int_at_least(1), default=4, metavar="N",
                         help="files fetched in parallel (default: 4)")
     parser.add_argument("--verify", action="store_true",
                         help="re-hash present files instead of trusting the lock file")
-    parser.add_argument("--retries", type=_non_negative_int, default=5, metavar="N",
+    parser.add_argument("--retries", type=_int_at_least(0), default=5, metavar="N",
                         help="HTTP retries per file (default: 5)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
