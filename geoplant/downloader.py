@@ -444,11 +444,7 @@ def _fetch_http(session: requests.Session, url: str, target: Path, pf: PartFile,
             raise GeoplantError(f"cannot write ({err.strerror or err})", path=partial,
                                 fix="free disk space or choose another --dest") from None
         sha = hasher.hexdigest()
-        bad = None
-        if pf.exact_size is not None and size != pf.exact_size:
-            bad = f"size {size} != catalog size {pf.exact_size}"
-        elif expected_sha is not None and sha != expected_sha:
-            bad = f"sha256 {sha[:12]}… != expected {expected_sha[:12]}…"
+        bad = _mismatch(pf.exact_size, expected_sha, size, sha)
         if bad:
             partial.unlink()  # corrupt: start over from byte 0
             failed(f"downloaded {pf.path} is corrupt: {bad}")
@@ -571,11 +567,7 @@ def _fetch_kaggle(api: Any, plan: _Plan, dest: Path, pf: PartFile, expected_sha:
         raise GeoplantError(f"Kaggle download produced {[p.name for p in produced]}, "
                             f"expected {want}", path=staging, fix="report this catalog entry")
     sha, size = _sha256_file(partial), partial.stat().st_size
-    bad = None
-    if pf.exact_size is not None and size != pf.exact_size:
-        bad = f"size {size} != catalog size {pf.exact_size}"
-    elif expected_sha is not None and sha != expected_sha:
-        bad = f"sha256 {sha[:12]}… != expected {expected_sha[:12]}…"
+    bad = _mismatch(pf.exact_size, expected_sha, size, sha)
     if bad:
         partial.unlink()
         raise GeoplantError(f"Kaggle file is corrupt: {bad}", path=target, fix="rerun to re-fetch")
@@ -889,6 +881,16 @@ def _execute(plans: list[_Plan], dest: Path, lock: _Lock, api: Any, *, retries: 
         if plan.method != "mounted" and any(f.status == "fetched" for f in res.files):
             res.status = "downloaded"
     return results
+
+
+def _mismatch(exact_size: int | None, expected_sha: str | None, size: int,
+              sha: str) -> str | None:
+    """Why a fetched file disagrees with its expected size or sha256, or None if it agrees."""
+    if exact_size is not None and size != exact_size:
+        return f"size {size} != catalog size {exact_size}"
+    if expected_sha is not None and sha != expected_sha:
+        return f"sha256 {sha[:12]}… != expected {expected_sha[:12]}…"
+    return None
 
 
 # ------------------------------------------------------------------------------- CLI
