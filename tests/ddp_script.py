@@ -102,6 +102,9 @@ def main(out: Path) -> None:
     hist = [h.__dict__ for h in result.history]
     (out / f"rank{rank}.json").write_text(json.dumps({
         "history": hist, "world_size": dist.get_world_size(), "device": result.device}))
+    # Both ranks reach here before tearing gloo down: destroying while the peer still talks
+    # aborted a rank once in CI ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
