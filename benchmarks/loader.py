@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import geoplant.torch as gt
 from geoplant import layouts
-from geoplant.store import open_store
+from geoplant.store import cube_array, open_store
 
 _ENV_FAMILIES = ("bioclimatic", "elevation", "human_footprint", "landcover", "soilgrids")
 
@@ -147,10 +147,11 @@ def _warm(paths: list[Path]) -> None:
 
 def _limit(ds: gt.SurveyDataset, order: np.ndarray, batch: int, normalized: bool) -> dict:
     """Fancy-index gather from arrays in RAM: the ceiling of any loader in one process."""
-    group = gt._open_group(ds.store, ds.split)
-    arrays = {m: np.asarray(group[m][:]) for m in ds.modalities}
+    group = ds.store.cube_group(ds.split)
+    arrays = {m: np.asarray(cube_array(group, m)[:]) for m in ds.modalities}
     if normalized:
-        arrays = {m: np.nan_to_num(a.astype(np.float32) * ds._scale[m] + ds._offset[m],
+        norm = ds.normalization  # per modality (scale, offset): x * scale + offset
+        arrays = {m: np.nan_to_num(a.astype(np.float32) * norm[m][0] + norm[m][1],
                                    nan=0, posinf=0, neginf=0) for m, a in arrays.items()}
     labels = ds.store.labels(ds.split).matrix.toarray().astype(np.float32)
     ids = ds.survey_ids

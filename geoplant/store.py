@@ -1,5 +1,6 @@
 """Open a built store lazily: records as (Geo)DataFrames, labels as sparse matrices, cubes as
-dask-backed xarray Datasets, rasters as DataArrays. Paths may be local or any fsspec URL."""
+dask-backed xarray Datasets (or raw Zarr groups), rasters as DataArrays. Paths may be local or
+any fsspec URL."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pandas as pd
 
 from geoplant.errors import GeoplantError
+from geoplant.files import join_path
 
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
+if TYPE_CHECKING:  # annotations only: `import geoplant.store` stays light
+    import fsspec
+    import geopandas as gpd
+    import scipy.sparse as sp
+    import xarray as xr
+    import zarr
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class Labels:
         int32 column index (the store's species table order).
     """
 
-    matrix: Any
+    matrix: sp.csr_matrix
     survey_ids: np.ndarray
     species_ids: np.ndarray
 
@@ -56,10 +61,10 @@ class Store:
         self.path = os.fspath(path)
         self.storage_options = storage_options or {}
         self._fs, self._root = fsspec.core.url_to_fs(self.path, **self.storage_options)
-        manifest = _join(self._root, "manifest.json")
+        manifest = join_path(self._root, "manifest.json")
         if not self._fs.exists(manifest):
             hint = ("the build was interrupted: rerun the same `geoplant build` to finish it"
-                    if self._fs.exists(_join(self._root, "_build"))
+                    if self._fs.exists(join_path(self._root, "_build"))
                     else "build one with `geoplant build RAW --out STORE`")
             raise GeoplantError("not a geoplant store (no manifest.json)", path=self.path,
                                 fix=hint)
@@ -76,6 +81,38 @@ class Store:
         """Splits in the store."""
         return list(self.manifest["splits"])
 
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The fsspec filesystem holding the store (opened with :attr:`storage_options`)."""
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        """The store's folder as a path on :attr:`fs` (no protocol prefix)."""
+        return self._root
+
+    def modalities(self, split: str) -> list[str]:
+        """Modalities stored in a split's cube, e.g. ``["sentinel2", "landsat", ...]``.
+
+        Empty for a split without a cube (``po_train``) or unknown to the store.
+        """
+        return list(self.manifest.get("modalities", {}).get(split, []))
+
+    def has_species(self, split: str) -> bool:
+        """Whether the split's records carry species (train splits; test splits do not).
+
+        Raises
+        ------
+        GeoplantError
+            If the store has no such split.
+        """
+        import pyarrow.parquet as pq
+
+        self._check_split(split)
+        schema = pq.read_schema(join_path(self._root, "records", f"{split}.parquet"),
+                                filesystem=self._fs)
+        return "speciesId" in schema.names
+
     def _check_split(self, split: str, *, cube: bool = False) -> None:
         valid = [s for s in self.splits if not (cube and s == "po_train")]
         if split not in valid:
@@ -85,17 +122,29 @@ class Store:
     def _url(self, *parts: str) -> str:
         protocol = self._fs.protocol if isinstance(self._fs.protocol, str) else \
             self._fs.protocol[0]
-        root = _join(self._root, *parts)
+        root = join_path(self._root, *parts)
         return root if protocol in ("file", "local") else f"{protocol}://{root}"
 
     @cached_property
     def species(self) -> pd.DataFrame:
         """Species table: ``index`` (label column), ``speciesId``, record counts per split."""
-        with self._fs.open(_join(self._root, "species.parquet"), "rb") as handle:
+        with self._fs.open(join_path(self._root, "species.parquet"), "rb") as handle:
             return pd.read_parquet(handle)
 
+    @overload
+    def records(self, split: str, *, geo: Literal[False] = ...,
+                columns: list[str] | None = ...) -> pd.DataFrame: ...
+
+    @overload
+    def records(self, split: str, *, geo: Literal[True],
+                columns: list[str] | None = ...) -> gpd.GeoDataFrame: ...
+
+    @overload
+    def records(self, split: str, *, geo: bool,
+                columns: list[str] | None = ...) -> pd.DataFrame | gpd.GeoDataFrame: ...
+
     def records(self, split: str, *, geo: bool = False,
-                columns: list[str] | None = None) -> pd.DataFrame:
+                columns: list[str] | None = None) -> pd.DataFrame | gpd.GeoDataFrame:
         """Records of a split (one row per record; PA train: per survey x species).
 
         Parameters
@@ -106,9 +155,15 @@ class Store:
             Return a ``geopandas.GeoDataFrame`` (EPSG:4326 points) instead of a DataFrame.
         columns
             Subset of columns to read (Parquet column projection).
+
+        Returns
+        -------
+        pandas.DataFrame or geopandas.GeoDataFrame
+            A GeoDataFrame when ``geo`` is true (with its ``geometry`` column), else a
+            DataFrame without the geometry.
         """
         self._check_split(split)
-        path = _join(self._root, "records", f"{split}.parquet")
+        path = join_path(self._root, "records", f"{split}.parquet")
         if geo:
             import geopandas as gpd
 
@@ -126,11 +181,10 @@ class Store:
         import scipy.sparse as sp
 
         self._check_split(split)
-        records = self.records(split, columns=["surveyId", "speciesId"]) \
-            if split == "po_train" or "speciesId" in self._columns(split) else None
-        if records is None:
+        if split != "po_train" and not self.has_species(split):
             raise GeoplantError(f"split {split!r} has no species (a test split)",
                                 path=self.path, fix="use a train split")
+        records = self.records(split, columns=["surveyId", "speciesId"])
         survey_ids = np.unique(records["surveyId"].to_numpy(np.int64))
         species = self.species["speciesId"].to_numpy(np.int32)
         rows = np.searchsorted(survey_ids, records["surveyId"].to_numpy(np.int64))
@@ -141,13 +195,7 @@ class Store:
         matrix.data[:] = 1  # PO may list a species twice in one survey
         return Labels(matrix, survey_ids, species)
 
-    def _columns(self, split: str) -> list[str]:
-        import pyarrow.parquet as pq
-
-        return pq.read_schema(_join(self._root, "records", f"{split}.parquet"),
-                              filesystem=self._fs).names
-
-    def cube(self, split: str) -> Any:
+    def cube(self, split: str) -> xr.Dataset:
         """The split's modalities as a lazily loaded ``xarray.Dataset`` (dask-backed).
 
         Opening reads metadata only; index with ``.sel(surveyId=...)`` / ``.isel`` and call
@@ -159,12 +207,34 @@ class Store:
         return xr.open_zarr(self._url("cubes", f"{split}.zarr"), consolidated=False,
                             storage_options=self.storage_options or None)
 
-    def rasters(self) -> dict[str, Any]:
+    def cube_group(self, split: str) -> zarr.Group:
+        """The split's cube as a read-only Zarr group (no xarray, no dask).
+
+        The fast path of :class:`geoplant.torch.SurveyDataset` and of the normalisation
+        statistics: arrays ``surveyId``, one per modality (surveys on axis 0), ``valid_<m>``
+        and the channel coordinates. Read an array with :func:`cube_array`.
+
+        Raises
+        ------
+        GeoplantError
+            If the split has no cube (``po_train``) or is not in the store.
+        """
+        import zarr
+
+        if split not in self.splits or split == "po_train":
+            valid = [s for s in self.splits if s != "po_train"]
+            raise GeoplantError(f"no cube for split {split!r}", path=self.path,
+                                fix=f"use one of: {', '.join(valid)}")
+        # zarr refuses storage_options for local paths: pass them only when set
+        return zarr.open_group(join_path(self.path, "cubes", f"{split}.zarr"), mode="r",
+                               storage_options=self.storage_options or None)
+
+    def rasters(self) -> dict[str, xr.DataArray]:
         """Environmental rasters (lazy ``xarray.DataArray`` each, CRS set via rioxarray)."""
         import rioxarray  # noqa: F401  (registers .rio)
         import xarray as xr
 
-        out = {}
+        out: dict[str, xr.DataArray] = {}
         for name in self.manifest.get("rasters", []):
             ds = xr.open_zarr(self._url("rasters.zarr"), group=name, consolidated=False,
                               decode_coords="all",
@@ -186,7 +256,28 @@ class Store:
         }
 
 
-def open_store(path: str | os.PathLike[str],
+def cube_array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of a cube opened with :meth:`Store.cube_group`.
+
+    A Zarr group member may be an array or a group; this returns it typed as an array.
+
+    Raises
+    ------
+    GeoplantError
+        If ``name`` is a sub-group.
+    KeyError
+        If the cube has no member ``name``.
+    """
+    import zarr
+
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise GeoplantError(f"{name!r} is a group, not an array", path=str(group.store_path))
+    return node
+
+
+def open_store(path: Store | str | os.PathLike[str],
                storage_options: dict[str, Any] | None = None) -> Store:
-    """Open a geoplant store (local folder or fsspec URL)."""
-    return Store(path, storage_options)
+    """Open a geoplant store (local folder or fsspec URL); an open :class:`Store` is returned
+    as is (``storage_options`` then unused)."""
+    return path if isinstance(path, Store) else Store(path, storage_options)

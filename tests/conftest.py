@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from geoplant.synthetic.release import write_release
+
+if TYPE_CHECKING:
+    from geoplant.torch import SurveyDataset
 
 REAL_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "real-samples" / "geoplant"
 
@@ -37,3 +41,32 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def loader_store(glc24_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store built from ``glc24_tiny`` (no rasters) for the stats and torch loader tests.
+
+    Shared read-only: a test that modifies a store copies it first.
+    """
+    from geoplant.build import build
+
+    out = tmp_path_factory.mktemp("loader") / "store"
+    build(glc24_tiny, out, progress=False, rasters=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def loader_stats(loader_store: Path) -> dict[str, Any]:
+    """Normalisation statistics of ``loader_store``'s ``pa_train``, written to its stats.json."""
+    from geoplant.stats import compute_normalization_stats
+
+    return compute_normalization_stats(loader_store)
+
+
+@pytest.fixture(scope="session")
+def loader_mem_ds(loader_store: Path, loader_stats: dict[str, Any]) -> SurveyDataset:
+    """``pa_train`` of ``loader_store`` fully in memory (read-only: do not mutate)."""
+    from geoplant.torch import SurveyDataset
+
+    return SurveyDataset(loader_store, "pa_train", in_memory=True)
