@@ -31,8 +31,8 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Final
@@ -42,6 +42,8 @@ import pandas as pd
 
 from geoplant import __version__, layouts
 from geoplant.errors import GeoplantError
+from geoplant.files import atomic_write_bytes, sha256_file
+from geoplant.store import cube_array
 
 #: Per-survey modalities, their raw family and array layout.
 MODALITIES: Final[dict[str, dict[str, Any]]] = {
@@ -107,12 +109,6 @@ class _Skips:
         self.items.append(item)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _versions() -> dict[str, str]:
     out = {"geoplant": __version__, "python": platform.python_version()}
     for name in ("numpy", "pandas", "pyarrow", "xarray", "zarr", "dask", "distributed",
@@ -120,6 +116,63 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(importlib_metadata.PackageNotFoundError):
             out[name] = importlib_metadata.version(name)
     return out
+
+
+@contextlib.contextmanager
+def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall time of the ``with`` body as ``phases[name]``."""
+    mark = time.perf_counter()
+    yield
+    phases[name] = time.perf_counter() - mark
+
+
+# ---------------------------------------------------------------------------------------------
+# settings and resume
+
+
+def _check_request(raw: Any, splits: Sequence[str] | None,
+                   modalities: Sequence[str] | None) -> list[str]:
+    """The splits to build (default: all of the layout's); unknown splits or modalities fail."""
+    all_splits = raw.splits
+    chosen = list(splits or all_splits)
+    unknown = [s for s in chosen if s not in all_splits]
+    if unknown:
+        raise GeoplantError(f"unknown split(s) {', '.join(unknown)} for layout {raw.layout}",
+                            fix=f"use some of: {', '.join(all_splits)}")
+    if modalities is not None:
+        bad = [m for m in modalities if m not in MODALITIES]
+        if bad:
+            raise GeoplantError(f"unknown modality {', '.join(bad)}",
+                                fix=f"use some of: {', '.join(MODALITIES)}")
+    return chosen
+
+
+def _prepare_store(store: Path, settings: dict[str, Any]) -> None:
+    """Create the store's folders, or resume an interrupted build made with the same settings.
+
+    A complete store (a manifest and no ``_build/``) is never overwritten.
+    """
+    if store.exists() and (store / "manifest.json").exists() and \
+            not (store / "_build").exists():
+        raise GeoplantError("a complete store already exists here", path=store,
+                            fix="choose another --out or delete it to rebuild")
+    try:
+        for sub in ("records", "cubes", "_build"):
+            (store / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise GeoplantError(f"cannot write the store ({err.strerror or err})", path=store,
+                            fix="choose a writable --out") from None
+    settings_file = store / "_build" / "settings.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
+        raise GeoplantError("an interrupted build with other settings is here", path=store,
+                            fix=f"rerun it with the same options ({settings_file.read_text()}) "
+                                "or delete the folder")
+    settings_file.write_text(json.dumps(settings))
+
+
+def _split_modalities(raw: Any, split: str, modalities: Sequence[str] | None) -> list[str]:
+    """The requested modalities (default: all) that a split has files for."""
+    return [m for m in (modalities or MODALITIES) if MODALITIES[m]["family"] in raw.families(split)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,6 +252,51 @@ def _write_records(raw: Any, split: str, target: Path, skips: _Skips,
     return survey_ids, species_counts.astype(np.int64)
 
 
+def _split_records(raw: Any, store: Path, split: str, skips: _Skips,
+                   progress: bool) -> tuple[np.ndarray, pd.Series]:
+    """Write a split's records, or reload what an earlier run of this build finished."""
+    target = store / "records" / f"{split}.parquet"
+    marker = store / "_build" / f"records-{split}.json"
+    ids_file = marker.with_suffix(".npy")
+    if marker.exists():  # resume: the records were finished before
+        saved = json.loads(marker.read_text())
+        species_counts = pd.Series(saved["species_counts"], dtype=np.int64)
+        species_counts.index = species_counts.index.astype(np.int64)
+        skips.items += saved["skipped"]
+        return np.load(ids_file), species_counts
+    before = len(skips.items)
+    ids, species_counts = _write_records(raw, split, target, skips, progress)
+    np.save(ids_file, ids)
+    atomic_write_bytes(marker, json.dumps({
+        "skipped": skips.items[before:],
+        "species_counts": {str(k): int(v) for k, v in species_counts.items()}}).encode())
+    return ids, species_counts
+
+
+@dataclass
+class _Records:
+    """What the records phase found: per split, its surveys and species counts."""
+
+    survey_ids: dict[str, np.ndarray] = field(default_factory=dict)
+    species_counts: dict[str, pd.Series] = field(default_factory=dict)
+    #: ``<split>_surveys`` and ``<split>_records`` of every split, in split order.
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _build_records(raw: Any, store: Path, splits: Sequence[str], skips: _Skips,
+                   progress: bool) -> _Records:
+    """Records phase: every split's metadata to GeoParquet (resumable per split)."""
+    records = _Records()
+    for split in splits:
+        ids, species_counts = _split_records(raw, store, split, skips, progress)
+        records.survey_ids[split], records.species_counts[split] = ids, species_counts
+        records.counts[f"{split}_surveys"] = len(ids)
+        # PA test metadata has no species: a survey is one record there
+        records.counts[f"{split}_records"] = int(species_counts.sum()) if len(
+            species_counts) else len(ids)
+    return records
+
+
 # ---------------------------------------------------------------------------------------------
 # cubes
 
@@ -226,7 +324,7 @@ def _template(split: str, survey_ids: np.ndarray, modalities: Sequence[str],
               env_columns: list[str], block_surveys: int) -> Any:
     import dask.array as da
     import xarray as xr
-    import zarr
+    from zarr.codecs import BloscCodec
 
     n = len(survey_ids)
     data_vars: dict[str, Any] = {}
@@ -245,7 +343,7 @@ def _template(split: str, survey_ids: np.ndarray, modalities: Sequence[str],
             # and 4-survey chunks of the PA splits are ~25k files.
             # lz4: zstd saves little on JPEG-decoded pixels but costs ~2.5 ms per chunk read.
             encoding[name] = {"chunks": (CHUNK_SURVEYS, *shape), "compressors": [
-                zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")]}
+                BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")]}
         else:
             encoding[name] = {"chunks": (block, *shape)}
         encoding[name]["fill_value"] = spec["fill"]
@@ -278,18 +376,75 @@ def _block_task(raw: Any, cube_path: str, split: str, start: int, survey_ids: np
     for name in modalities:
         if name == "env":
             assert env_values is not None
-            group["env"][start:stop] = env_values
-            group["valid_env"][start:stop] = ~np.isnan(env_values).all(axis=1)
+            cube_array(group, "env")[start:stop] = env_values
+            cube_array(group, "valid_env")[start:stop] = ~np.isnan(env_values).all(axis=1)
             continue
         batch = readers[name](split, survey_ids, on_error="skip")
-        group[name][start:stop] = batch.data
-        group[f"valid_{name}"][start:stop] = batch.ok
+        cube_array(group, name)[start:stop] = batch.data
+        cube_array(group, f"valid_{name}")[start:stop] = batch.ok
         for sid, err in sorted(batch.errors.items()):
             skipped.append({"split": split, "kind": name, "surveyId": int(sid),
                             "file": err.path, "line": None, "reason": err.problem})
     result = {"start": start, "n": len(survey_ids), "skipped": skipped}
-    _atomic_write_bytes(Path(marker), json.dumps(result).encode())
+    atomic_write_bytes(marker, json.dumps(result).encode())
     return result
+
+
+def _plan_cube_blocks(raw: Any, store: Path, split: str, modalities: Sequence[str],
+                      survey_ids: np.ndarray, skips: _Skips,
+                      block_surveys: int) -> tuple[list[Any], int]:
+    """Create a split's cube (empty) unless it exists; one delayed task per unfinished block.
+
+    Returns the tasks and the number of blocks an earlier run already finished.
+    """
+    import dask
+
+    cube_path = store / "cubes" / f"{split}.zarr"
+    done_dir = store / "_build" / split
+    done_dir.mkdir(exist_ok=True)
+    env_values: np.ndarray | None = None
+    env_columns: list[str] = []
+    if "env" in modalities:
+        env_values, env_columns = _env_table(raw, split, survey_ids, skips)
+    if not (cube_path / "zarr.json").exists():
+        ds, encoding = _template(split, survey_ids, modalities, env_columns, block_surveys)
+        ds.to_zarr(str(cube_path), mode="w", compute=False, zarr_format=3,
+                   encoding=encoding, consolidated=False)
+    tasks: list[Any] = []
+    resumed = 0
+    for start in range(0, len(survey_ids), block_surveys):
+        marker = done_dir / f"block-{start:09d}.json"
+        if marker.exists():
+            resumed += 1
+            continue
+        block_ids = survey_ids[start : start + block_surveys]
+        block_env = None if env_values is None else env_values[start : start + len(block_ids)]
+        tasks.append(dask.delayed(_block_task, pure=False)(
+            raw, str(cube_path), split, start, block_ids, modalities, block_env, str(marker)))
+    return tasks, resumed
+
+
+def _plan_cubes(raw: Any, store: Path, cube_modalities: dict[str, list[str]],
+                survey_ids: dict[str, np.ndarray], skips: _Skips,
+                block_surveys: int) -> tuple[list[Any], int]:
+    """Plan the cubes of every split (see :func:`_plan_cube_blocks`): tasks, blocks resumed."""
+    tasks: list[Any] = []
+    resumed = 0
+    for split, modalities in cube_modalities.items():
+        split_tasks, split_resumed = _plan_cube_blocks(raw, store, split, modalities,
+                                                       survey_ids[split], skips, block_surveys)
+        tasks += split_tasks
+        resumed += split_resumed
+    return tasks, resumed
+
+
+def _add_block_skips(store: Path, splits: Iterable[str], skips: _Skips) -> None:
+    """Count the skipped items of every block, finished now or in an earlier run."""
+    for split in splits:
+        for marker in sorted((store / "_build" / split).glob("block-*.json")):
+            for item in json.loads(marker.read_text())["skipped"]:
+                skips.add(**{k: item[k] for k in ("split", "kind", "reason")},
+                          survey_id=item["surveyId"], file=item["file"], line=item["line"])
 
 
 def _run_tasks(tasks: list[Any], scheduler: str | None, workers: int | None, desc: str,
@@ -358,50 +513,99 @@ def _write_rasters(raw: Any, target: Path, progress: bool, skips: _Skips) -> lis
     return written
 
 
-def _source_entries(raw: Any, splits: Sequence[str], modalities: Sequence[str]) -> list[dict]:
+def _source_families(modalities: Iterable[str]) -> set[str]:
+    """Raw families a build reads: metadata, the env values, and each modality's files."""
+    families = {"metadata.po", "metadata.pa"} | {f"env.{f}" for f in _ENV_FAMILIES}
+    families |= {MODALITIES[m]["family"] for m in modalities if m != "env"}
+    if "sentinel2" in modalities:
+        families.add("s2.nir")  # the 4-band patches pair the RGB and NIR JPEGs
+    return families
+
+
+def _folder_entry(path: Path, key: str) -> dict[str, Any]:
+    """A folder of per-survey files, summarised: count, bytes and sha256 of its listing."""
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    listing = hashlib.sha256()  # names and sizes, not contents: cheap on 100k's of files
+    for p in files:
+        listing.update(f"{p.relative_to(path)}\0{p.stat().st_size}\n".encode())
+    return {"path": key, "kind": "folder", "files": len(files),
+            "bytes": sum(p.stat().st_size for p in files), "listing_sha256": listing.hexdigest()}
+
+
+def _source_entries(raw: Any, splits: Sequence[str],
+                    modalities: Sequence[str]) -> list[dict[str, Any]]:
     """Each source file with size and sha256; per-survey files summarised per folder/archive."""
-    root = Path(raw.root)
-    entries: dict[str, dict[str, Any]] = {}
-    families: set[tuple[str, str | None]] = set()
-    for split in splits:
-        fams = raw.families(split)
-        wanted = {"metadata.po", "metadata.pa"} | {f"env.{f}" for f in _ENV_FAMILIES}
-        wanted |= {MODALITIES[m]["family"] for m in modalities if m != "env"}
-        if "sentinel2" in modalities:
-            wanted.add("s2.nir")
-        for fam in fams:
-            if fam in wanted:
-                families.add((fam, split))
-    for fam, split in sorted(families, key=str):
-        per_survey = fam in ("s2.rgb", "s2.nir", "s2.tiff", "landsat.cube", "climate.cube")
-        loc = raw.location(fam, split, survey_id=10_000_001) if per_survey else \
-            raw.location(fam, split)
-        if loc.member is not None:
-            path = root / loc.path  # whole archive
-        elif per_survey:
-            path = (root / loc.path).parent.parent.parent if fam.startswith("s2.") \
-                else (root / loc.path).parent
-        else:
-            path = root / loc.path
-        key = str(path.relative_to(root))
-        if key in entries or not path.exists():
+    entries: list[dict[str, Any]] = []
+    wanted = _source_families(modalities)
+    for key in layouts.source_paths(raw.layout, splits, wanted):
+        path = Path(raw.root) / key
+        if not path.exists():
             continue
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-            listing = hashlib.sha256()
-            for p in files:
-                listing.update(f"{p.relative_to(path)}\0{p.stat().st_size}\n".encode())
-            entries[key] = {"path": key, "kind": "folder", "files": len(files),
-                            "bytes": sum(p.stat().st_size for p in files),
-                            "listing_sha256": listing.hexdigest()}
+            entries.append(_folder_entry(path, key))
         else:
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-            entries[key] = {"path": key, "kind": "file", "bytes": path.stat().st_size,
-                            "sha256": digest.hexdigest()}
-    return list(entries.values())
+            entries.append({"path": key, "kind": "file", "bytes": path.stat().st_size,
+                            "sha256": sha256_file(path)})
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------
+# species, statistics and manifest
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    raise TypeError(type(value))
+
+
+def _species_table(counts: dict[str, pd.Series]) -> pd.DataFrame:
+    """speciesId <-> label column index, with record counts per split (sorted by speciesId)."""
+    ids: Iterable[Any] = sorted(set().union(*(set(c.index) for c in counts.values())))
+    table = pd.DataFrame({"speciesId": np.asarray(list(ids), dtype=np.int32)})
+    table.insert(0, "index", np.arange(len(table), dtype=np.int32))
+    for split, c in counts.items():
+        if len(c):
+            table[f"n_{split}"] = c.reindex(table["speciesId"]).fillna(0).astype(
+                np.int64).to_numpy()
+    return table
+
+
+def _write_statistics(store: Path) -> None:
+    """Training-split statistics, stored once and reused for every split (never test data)."""
+    from geoplant.stats import compute_normalization_stats
+
+    compute_normalization_stats(store, "pa_train", write=True)
+
+
+def _manifest(layout: str, raw_root: str, splits: list[str],
+              cube_modalities: dict[str, list[str]], block_surveys: int, counts: dict[str, int],
+              skipped: list[dict[str, Any]], raster_names: list[str],
+              sources: list[dict[str, Any]], stats_written: bool) -> dict[str, Any]:
+    """The store's ``manifest.json`` content (keys in the order they are written)."""
+    return {
+        "format": "geoplant-store/1",
+        "created_by": f"geoplant {__version__}",
+        "layout": layout,
+        "raw_root": raw_root,
+        "splits": splits,
+        "modalities": cube_modalities,
+        "block_surveys": block_surveys,
+        "chunk_surveys": CHUNK_SURVEYS,
+        "counts": counts,
+        "skipped": {"total": len(skipped), "items": skipped},
+        "rasters": raster_names,
+        "normalization_stats": "stats.json" if stats_written else None,
+        "sources": sources,
+        "versions": _versions(),
+    }
+
+
+def _write_manifest(store: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_bytes(store / "manifest.json",
+                       (json.dumps(manifest, indent=1, default=_json_default) + "\n").encode())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,8 +650,6 @@ def build(
     block_surveys
         Surveys per block; a multiple of :data:`CHUNK_SURVEYS`.
     """
-    import dask
-
     from geoplant.raw import RawRelease
 
     started = time.perf_counter()
@@ -455,176 +657,44 @@ def build(
         raise GeoplantError(f"block_surveys must be a positive multiple of {CHUNK_SURVEYS}, "
                             f"got {block_surveys}")
     raw = RawRelease(raw_root)
+    raw_path = str(Path(raw_root).absolute())
     store = Path(out).expanduser().absolute()
-    all_splits = raw.splits
-    splits = list(splits or all_splits)
-    unknown = [s for s in splits if s not in all_splits]
-    if unknown:
-        raise GeoplantError(f"unknown split(s) {', '.join(unknown)} for layout {raw.layout}",
-                            fix=f"use some of: {', '.join(all_splits)}")
-    if modalities is not None:
-        bad = [m for m in modalities if m not in MODALITIES]
-        if bad:
-            raise GeoplantError(f"unknown modality {', '.join(bad)}",
-                                fix=f"use some of: {', '.join(MODALITIES)}")
-    if store.exists() and (store / "manifest.json").exists() and \
-            not (store / "_build").exists():
-        raise GeoplantError("a complete store already exists here", path=store,
-                            fix="choose another --out or delete it to rebuild")
-    try:
-        for sub in ("records", "cubes", "_build"):
-            (store / sub).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise GeoplantError(f"cannot write the store ({err.strerror or err})", path=store,
-                            fix="choose a writable --out") from None
-    settings = {"raw": str(Path(raw_root).absolute()), "splits": splits,
-                "modalities": list(modalities) if modalities else None,
-                "block_surveys": block_surveys}
-    settings_file = store / "_build" / "settings.json"
-    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
-        raise GeoplantError("an interrupted build with other settings is here", path=store,
-                            fix=f"rerun it with the same options ({settings_file.read_text()}) "
-                                "or delete the folder")
-    settings_file.write_text(json.dumps(settings))
+    splits = _check_request(raw, splits, modalities)
+    _prepare_store(store, {"raw": raw_path, "splits": splits,
+                           "modalities": list(modalities) if modalities else None,
+                           "block_surveys": block_surveys})
     skips = _Skips(strict)
-    counts: dict[str, int] = {}
-    species_counts: dict[str, pd.Series] = {}
-    survey_ids: dict[str, np.ndarray] = {}
-    for split in splits:
-        target = store / "records" / f"{split}.parquet"
-        marker = store / "_build" / f"records-{split}.json"
-        ids_file = marker.with_suffix(".npy")
-        if marker.exists():  # resume: the records were finished before
-            saved = json.loads(marker.read_text())
-            survey_ids[split] = np.load(ids_file)
-            species_counts[split] = pd.Series(saved["species_counts"], dtype=np.int64)
-            species_counts[split].index = species_counts[split].index.astype(np.int64)
-            skips.items += saved["skipped"]
-        else:
-            before = len(skips.items)
-            ids, spc = _write_records(raw, split, target, skips, progress)
-            survey_ids[split], species_counts[split] = ids, spc
-            np.save(ids_file, ids)
-            _atomic_write_bytes(marker, json.dumps({
-                "skipped": skips.items[before:],
-                "species_counts": {str(k): int(v) for k, v in spc.items()}}).encode())
-        counts[f"{split}_surveys"] = len(survey_ids[split])
-        counts[f"{split}_records"] = int(species_counts[split].sum()) if len(
-            species_counts[split]) else len(survey_ids[split])
 
-    tasks: list[Any] = []
-    resumed = 0
-    for split in splits:
-        if split == "po_train":
-            continue
-        fams = raw.families(split)
-        mods = [m for m in (modalities or MODALITIES)
-                if MODALITIES[m]["family"] in fams]
-        ids = survey_ids[split]
-        cube_path = store / "cubes" / f"{split}.zarr"
-        done_dir = store / "_build" / split
-        done_dir.mkdir(exist_ok=True)
-        env_values, env_columns = (None, [])
-        if "env" in mods:
-            env_values, env_columns = _env_table(raw, split, ids, skips)
-        if not (cube_path / "zarr.json").exists():
-            ds, encoding = _template(split, ids, mods, env_columns, block_surveys)
-            ds.to_zarr(str(cube_path), mode="w", compute=False, zarr_format=3,
-                       encoding=encoding, consolidated=False)
-        for start in range(0, len(ids), block_surveys):
-            marker = done_dir / f"block-{start:09d}.json"
-            if marker.exists():
-                resumed += 1
-                continue
-            block_ids = ids[start : start + block_surveys]
-            block_env = None if env_values is None else env_values[start : start + len(block_ids)]
-            tasks.append(dask.delayed(_block_task, pure=False)(
-                raw, str(cube_path), split, start, block_ids, mods, block_env, str(marker)))
-    phases = {"records": time.perf_counter() - started}
-    mark = time.perf_counter()
-    _run_tasks(tasks, scheduler, workers, "cube blocks", progress)
-    phases["cubes"] = time.perf_counter() - mark
-    # Skipped items of every block, finished now or in an earlier run.
-    for split in splits:
-        if split == "po_train":
-            continue
-        for marker in sorted((store / "_build" / split).glob("block-*.json")):
-            for item in json.loads(marker.read_text())["skipped"]:
-                skips.add(**{k: item[k] for k in ("split", "kind", "reason")},
-                          survey_id=item["surveyId"], file=item["file"], line=item["line"])
+    records = _build_records(raw, store, splits, skips, progress)
+    # PO records have no per-survey data: cubes are for the PA splits
+    cube_modalities = {s: _split_modalities(raw, s, modalities) for s in splits if s != "po_train"}
+    tasks, resumed = _plan_cubes(raw, store, cube_modalities, records.survey_ids, skips,
+                                 block_surveys)
+    phases = {"records": time.perf_counter() - started}  # planning the cubes counts here
+    with _timed(phases, "cubes"):
+        _run_tasks(tasks, scheduler, workers, "cube blocks", progress)
+    _add_block_skips(store, cube_modalities, skips)
+    with _timed(phases, "rasters"):
+        raster_names = _write_rasters(raw, store / "rasters.zarr", progress, skips) \
+            if rasters else []
+    with _timed(phases, "sources"):
+        sources = _source_entries(raw, splits, list(modalities or MODALITIES))
 
-    mark = time.perf_counter()
-    raster_names = _write_rasters(raw, store / "rasters.zarr", progress, skips) if rasters \
-        else []
-    phases["rasters"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    sources = _source_entries(raw, splits, list(modalities or MODALITIES))
-    phases["sources"] = time.perf_counter() - mark
-    species = _species_table(species_counts)
+    species = _species_table(records.species_counts)
     species.to_parquet(store / "species.parquet", index=False)
+    counts = {**records.counts, "species": len(species), "rasters": len(raster_names)}
     stats_written = "pa_train" in splits
-    counts["species"] = len(species)
-    counts["rasters"] = len(raster_names)
-    manifest = {
-        "format": "geoplant-store/1",
-        "created_by": f"geoplant {__version__}",
-        "layout": raw.layout,
-        "raw_root": str(Path(raw_root).absolute()),
-        "splits": splits,
-        "modalities": {s: [m for m in (modalities or MODALITIES)
-                           if MODALITIES[m]["family"] in raw.families(s)]
-                       for s in splits if s != "po_train"},
-        "block_surveys": block_surveys,
-        "chunk_surveys": CHUNK_SURVEYS,
-        "counts": counts,
-        "skipped": {"total": len(skips.items), "items": skips.items},
-        "rasters": raster_names,
-        "normalization_stats": "stats.json" if stats_written else None,
-        "sources": sources,
-        "versions": _versions(),
-    }
-    _atomic_write_bytes(store / "manifest.json",
-                        (json.dumps(manifest, indent=1, default=_json_default) + "\n").encode())
+    manifest = _manifest(raw.layout, raw_path, splits, cube_modalities, block_surveys, counts,
+                         skips.items, raster_names, sources, stats_written)
+    _write_manifest(store, manifest)
     if stats_written:
-        from geoplant.torch import compute_normalization_stats
-
-        # Training-split statistics, stored once and reused for every split (never test data).
-        mark = time.perf_counter()
-        compute_normalization_stats(store, "pa_train", write=True)
-        phases["stats"] = time.perf_counter() - mark
+        with _timed(phases, "stats"):
+            _write_statistics(store)
     shutil.rmtree(store / "_build")  # last: the store is complete
     raw.close()
     return BuildSummary(store, counts, skips.items, len(tasks), resumed,
                         time.perf_counter() - started, {k: round(v, 2) for k, v in phases.items()},
                         manifest)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    raise TypeError(type(value))
-
-
-def _species_table(counts: dict[str, pd.Series]) -> pd.DataFrame:
-    """speciesId <-> label column index, with record counts per split (sorted by speciesId)."""
-    ids: Iterable[Any] = sorted(set().union(*(set(c.index) for c in counts.values())))
-    table = pd.DataFrame({"speciesId": np.asarray(list(ids), dtype=np.int32)})
-    table.insert(0, "index", np.arange(len(table), dtype=np.int32))
-    for split, c in counts.items():
-        if len(c):
-            table[f"n_{split}"] = c.reindex(table["speciesId"]).fillna(0).astype(
-                np.int64).to_numpy()
-    return table
-
-
-def asdict_summary(summary: BuildSummary) -> dict[str, Any]:
-    """A JSON-able view of a summary."""
-    out = asdict(summary)
-    out["store"] = str(summary.store)
-    out.pop("manifest")
-    return out
 
 
 def configure_parser(parser: Any) -> None:

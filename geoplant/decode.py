@@ -50,39 +50,58 @@ Two bounds keep it fast on 11,255 species:
   ``n_exact >= n`` the computation is exact.
 
 The empty set scores ``empty_score · Π(1 - p_j)`` (see :mod:`geoplant.metrics`).
+
+The synthetic truth and the oracle (decoders applied to the true probabilities) live in
+:mod:`geoplant.synthetic.truth`; their names stay importable from here.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
-from geoplant.errors import GeoplantError
+if TYPE_CHECKING:  # typed re-exports; at run time __getattr__ loads them on first use
+    from geoplant.synthetic.truth import SyntheticTruth as SyntheticTruth
+    from geoplant.synthetic.truth import oracle_report as oracle_report
+    from geoplant.synthetic.truth import read_synthetic_truth as read_synthetic_truth
+    from geoplant.synthetic.truth import truth_folder as truth_folder
+    from geoplant.synthetic.truth import truth_splits as truth_splits
 
 __all__ = [
+    "DEFAULT_GRIDS",
     "METHODS",
-    "SyntheticTruth",
     "TuneResult",
     "average_k",
     "average_k_threshold",
     "decode",
     "expected_f1_optimal",
     "expected_f1_top_k",
-    "oracle_report",
-    "read_synthetic_truth",
     "relative_threshold",
     "threshold",
     "top_k",
     "tune",
 ]
+
+#: Names that moved to :mod:`geoplant.synthetic.truth`, still served from here.
+_MOVED_TO_SYNTHETIC_TRUTH = frozenset(
+    {"SyntheticTruth", "oracle_report", "read_synthetic_truth", "truth_folder", "truth_splits"})
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: decoding sits below the synthetic world, which imports this module.
+    if name in _MOVED_TO_SYNTHETIC_TRUTH:
+        from geoplant.synthetic import truth
+
+        return getattr(truth, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 Method = Literal["top_k", "threshold", "relative_threshold", "average_k", "expected_f1"]
 #: Decoder names accepted by :func:`decode` and :func:`tune`.
@@ -98,7 +117,7 @@ DEFAULT_GRIDS: dict[str, np.ndarray] = {
 }
 
 
-def _probs(probs: Any, *, check_range: bool = False) -> np.ndarray:
+def _probs(probs: ArrayLike, *, check_range: bool = False) -> np.ndarray:
     p = np.asarray(probs)
     if p.ndim != 2:
         raise ValueError(f"expected a 2-d array (n_surveys, n_species), got shape {p.shape}")
@@ -136,7 +155,7 @@ def _sets_from_prefix(index: np.ndarray, sizes: np.ndarray, n_species: int) -> s
     return m
 
 
-def top_k(probs: Any, k: int | Sequence[int] | np.ndarray) -> sp.csr_matrix:
+def top_k(probs: ArrayLike, k: int | Sequence[int] | np.ndarray) -> sp.csr_matrix:
     """The ``k`` highest-scoring species of each survey.
 
     Parameters
@@ -154,7 +173,7 @@ def top_k(probs: Any, k: int | Sequence[int] | np.ndarray) -> sp.csr_matrix:
     return _sets_from_prefix(index, sizes, p.shape[1])
 
 
-def threshold(probs: Any, t: float) -> sp.csr_matrix:
+def threshold(probs: ArrayLike, t: float) -> sp.csr_matrix:
     """Species with ``p >= t`` in each survey."""
     p = _probs(probs)
     return sp.csr_matrix(p >= t)
@@ -168,7 +187,7 @@ def _relative(p: np.ndarray) -> np.ndarray:
     return np.where(p > 0, ratio, -1.0).astype(p.dtype, copy=False)
 
 
-def relative_threshold(probs: Any, alpha: float) -> sp.csr_matrix:
+def relative_threshold(probs: ArrayLike, alpha: float) -> sp.csr_matrix:
     """Species with ``p >= alpha * max_p`` of their survey (and ``p > 0``), ``0 < alpha <= 1``.
 
     Keeps at least the most probable species of every survey with a positive probability.
@@ -179,7 +198,7 @@ def relative_threshold(probs: Any, alpha: float) -> sp.csr_matrix:
     return sp.csr_matrix(_relative(_probs(probs)) >= alpha)
 
 
-def average_k_threshold(probs: Any, k: float) -> float:
+def average_k_threshold(probs: ArrayLike, k: float) -> float:
     """The global threshold whose sets have ``k`` species on average (see :func:`average_k`)."""
     p = _probs(probs)
     m = round(k * p.shape[0])
@@ -191,7 +210,7 @@ def average_k_threshold(probs: Any, k: float) -> float:
     return float(np.partition(flat, flat.size - m)[flat.size - m])
 
 
-def average_k(probs: Any, k: float) -> sp.csr_matrix:
+def average_k(probs: ArrayLike, k: float) -> sp.csr_matrix:
     """One global threshold so that the mean set size is ``k`` (the ``round(k * n_surveys)``
     highest values of the matrix; ties at the cut are all kept, so it may be a bit more)."""
     t = average_k_threshold(probs, k)
@@ -272,7 +291,7 @@ def _expected_f1_table(p: np.ndarray, k_max: int, n_exact: int | None, empty_sco
     return out, index
 
 
-def expected_f1_top_k(probs: Any, k_max: int, *, n_exact: int | None = 256,
+def expected_f1_top_k(probs: ArrayLike, k_max: int, *, n_exact: int | None = 256,
                       empty_score: float = 1.0) -> np.ndarray:
     """Expected F1 of the top-k set of each survey for k = 0..k_max, under independence.
 
@@ -297,7 +316,19 @@ def expected_f1_top_k(probs: Any, k_max: int, *, n_exact: int | None = 256,
     return _expected_f1_table(p, k_max, n_exact, empty_score)[0]
 
 
-def expected_f1_optimal(probs: Any, *, max_k: int | None = None, n_exact: int | None = 256,
+@overload
+def expected_f1_optimal(probs: ArrayLike, *, max_k: int | None = None,
+                        n_exact: int | None = 256, empty_score: float = 1.0,
+                        return_expected: Literal[False] = False) -> sp.csr_matrix: ...
+
+
+@overload
+def expected_f1_optimal(probs: ArrayLike, *, max_k: int | None = None,
+                        n_exact: int | None = 256, empty_score: float = 1.0,
+                        return_expected: Literal[True]) -> tuple[sp.csr_matrix, np.ndarray]: ...
+
+
+def expected_f1_optimal(probs: ArrayLike, *, max_k: int | None = None, n_exact: int | None = 256,
                         empty_score: float = 1.0, return_expected: bool = False
                         ) -> sp.csr_matrix | tuple[sp.csr_matrix, np.ndarray]:
     """For each survey, the set maximising expected F1 under independent presences.
@@ -355,10 +386,25 @@ def expected_f1_optimal(probs: Any, *, max_k: int | None = None, n_exact: int | 
 # dispatch and tuning
 
 
-def decode(probs: Any, method: str, param: float | None = None) -> sp.csr_matrix:
-    """Apply the decoder ``method`` (one of :data:`METHODS`) with its parameter."""
+def decode(probs: ArrayLike, method: str, param: float | None = None) -> sp.csr_matrix:
+    """Apply the decoder ``method`` (one of :data:`METHODS`) with its parameter.
+
+    Parameters
+    ----------
+    probs
+        ``(n_surveys, n_species)`` probabilities (or scores, except for ``expected_f1``).
+    method
+        One of :data:`METHODS`.
+    param
+        The decoder's parameter (K, threshold, alpha or mean K); ``expected_f1`` has none.
+
+    Returns
+    -------
+    csr_matrix
+        Boolean ``(n_surveys, n_species)``: the predicted set of each survey.
+    """
     if method == "expected_f1":
-        return expected_f1_optimal(probs)  # type: ignore[return-value]
+        return expected_f1_optimal(probs)
     if method not in METHODS:
         raise ValueError(f"unknown decoder {method!r}; use one of {', '.join(METHODS)}")
     if param is None:
@@ -434,7 +480,7 @@ class TuneResult:
     table: pd.DataFrame
 
 
-def tune(probs: Any, y_true: Any, method: str,
+def tune(probs: ArrayLike, y_true: ArrayLike | sp.spmatrix | sp.sparray, method: str,
          grid: Sequence[float] | np.ndarray | None = None, *,
          empty_score: float = 1.0) -> TuneResult:
     """Choose a decoder's parameter maximising samples-F1 on validation data.
@@ -463,7 +509,8 @@ def tune(probs: Any, y_true: Any, method: str,
     values = np.asarray(DEFAULT_GRIDS[method] if grid is None else grid, dtype=np.float64)
     if values.size == 0:
         raise ValueError("empty grid")
-    truth = y_true.toarray() if sp.issparse(y_true) else np.asarray(y_true)
+    truth = y_true.toarray() if isinstance(y_true, sp.spmatrix | sp.sparray) \
+        else np.asarray(y_true)
     if truth.shape != p.shape:
         raise ValueError(f"y_true has shape {truth.shape} but probs has shape {p.shape}")
     truth = truth != 0
@@ -483,130 +530,3 @@ def tune(probs: Any, y_true: Any, method: str,
     table = pd.DataFrame({"param": values, "samples_f1": scores,
                           "mean_set_size": sizes.mean(axis=1)})
     return TuneResult(method, float(values[best]), float(scores[best]), table)
-
-
-# ---------------------------------------------------------------------------------------------
-# the oracle on a synthetic world
-
-
-@dataclass(frozen=True)
-class SyntheticTruth:
-    """The truth of one test split of a synthetic release (``geoplant sample``).
-
-    Attributes
-    ----------
-    probabilities
-        float32 ``(n_surveys, n_species)`` true occurrence probabilities.
-    survey_ids
-        int64 row order.
-    species_ids
-        int64 column order (``truth/species.csv``).
-    labels
-        Boolean CSR ``(n_surveys, n_species)`` of the drawn presences.
-    """
-
-    probabilities: np.ndarray
-    survey_ids: np.ndarray
-    species_ids: np.ndarray
-    labels: sp.csr_matrix
-
-
-def truth_folder(path: str | os.PathLike[str]) -> Path:
-    """The ``truth/`` folder of a synthetic release (``path`` may be the release itself)."""
-    folder = Path(path)
-    if (folder / "truth" / "species.csv").is_file():
-        folder = folder / "truth"
-    if not (folder / "species.csv").is_file():
-        raise GeoplantError("not a synthetic truth folder (no species.csv)", path=folder,
-                            fix="pass the truth/ folder written by `geoplant sample`")
-    return folder
-
-
-def truth_splits(path: str | os.PathLike[str]) -> list[str]:
-    """Test splits with truth in a synthetic truth folder."""
-    folder = truth_folder(path)
-    return sorted(f.name[: -len("_probabilities.npy")]
-                  for f in folder.glob("*_probabilities.npy"))
-
-
-def read_synthetic_truth(path: str | os.PathLike[str], split: str | None = None
-                         ) -> SyntheticTruth:
-    """Read one split's truth from a synthetic release (its ``truth/`` folder or its root).
-
-    ``split`` may be omitted when the folder holds a single test split.
-    """
-    folder = truth_folder(path)
-    splits = truth_splits(folder)
-    if split is None:
-        if len(splits) != 1:
-            raise GeoplantError(f"{len(splits)} test splits with truth here", path=folder,
-                                fix=f"choose one with --split: {', '.join(splits) or '-'}")
-        split = splits[0]
-    if split not in splits:
-        raise GeoplantError(f"no truth for split {split!r}", path=folder,
-                            fix=f"use one of: {', '.join(splits) or '-'}")
-    probs = np.load(folder / f"{split}_probabilities.npy")
-    survey_ids = np.load(folder / f"{split}_survey_ids.npy").astype(np.int64)
-    species_ids = pd.read_csv(folder / "species.csv")["speciesId"].to_numpy(np.int64)
-    if probs.shape != (len(survey_ids), len(species_ids)):
-        raise GeoplantError(f"probabilities have shape {probs.shape}, expected "
-                            f"({len(survey_ids)}, {len(species_ids)})", path=folder,
-                            fix="regenerate the release with `geoplant sample`")
-    pres = pd.read_csv(folder / f"{split}_presences.csv")
-    row_order = np.argsort(survey_ids)
-    col_order = np.argsort(species_ids)
-    sid = pres["surveyId"].to_numpy(np.int64)
-    spid = pres["speciesId"].to_numpy(np.int64)
-    r = row_order[np.searchsorted(survey_ids[row_order], sid)]
-    c = col_order[np.searchsorted(species_ids[col_order], spid)]
-    if not (np.array_equal(survey_ids[r], sid) and np.array_equal(species_ids[c], spid)):
-        raise GeoplantError("presences name surveys or species absent from the truth",
-                            path=folder / f"{split}_presences.csv",
-                            fix="regenerate the release with `geoplant sample`")
-    labels = sp.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=probs.shape)
-    labels.sum_duplicates()
-    return SyntheticTruth(probs, survey_ids, species_ids, labels)
-
-
-def oracle_report(truth_dir: str | os.PathLike[str], split: str | None = None, *,
-                  fixed: dict[str, float] | None = None) -> pd.DataFrame:
-    """Score every decoder applied to the TRUE probabilities of a synthetic test split.
-
-    This is the oracle: the samples-F1 reachable with perfect probabilities, per decoding
-    strategy. Each parameterised decoder is reported twice: at a fixed, conventional
-    parameter (``fixed``; default top-25, threshold 0.5, alpha 0.5, average-25) and at the
-    parameter tuned on this very split (an optimistic upper bound for that decoder).
-    ``expected_f1`` needs no parameter; its ``expected_f1`` column is the mean expected F1
-    the decoder predicted for itself (no labels used).
-
-    Returns
-    -------
-    DataFrame
-        Columns ``decoder``, ``param``, ``tuned``, ``samples_f1``, ``samples_precision``,
-        ``samples_recall``, ``micro_f1``, ``mean_set_size``, ``expected_f1``; sorted by
-        decreasing samples-F1.
-    """
-    from geoplant import metrics
-
-    truth = read_synthetic_truth(truth_dir, split)
-    p, y = truth.probabilities, truth.labels
-    fixed_params = {"top_k": 25.0, "threshold": 0.5, "relative_threshold": 0.5,
-                    "average_k": 25.0, **(fixed or {})}
-    rows: list[dict[str, Any]] = []
-
-    def add(name: str, param: float | None, tuned: bool, sets: sp.csr_matrix,
-            expected: float = float("nan")) -> None:
-        m = metrics.evaluate_sets(y, sets)
-        rows.append({"decoder": name, "param": param, "tuned": tuned,
-                     "samples_f1": m["samples_f1"], "samples_precision": m["samples_precision"],
-                     "samples_recall": m["samples_recall"], "micro_f1": m["micro_f1"],
-                     "mean_set_size": m["mean_predicted"], "expected_f1": expected})
-
-    for name in DEFAULT_GRIDS:
-        add(name, fixed_params[name], False, decode(p, name, fixed_params[name]))
-        best = tune(p, y, name)
-        add(name, best.best_param, True, decode(p, name, best.best_param))
-    sets, expected = expected_f1_optimal(p, return_expected=True)
-    add("expected_f1", None, False, sets, float(np.mean(expected)))
-    return (pd.DataFrame(rows).sort_values("samples_f1", ascending=False, kind="stable")
-            .reset_index(drop=True))

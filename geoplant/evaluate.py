@@ -34,15 +34,12 @@ import scipy.sparse as sp
 
 from geoplant.errors import GeoplantError
 
-__all__ = ["HELP", "Truth", "configure_parser", "evaluate_submission", "load_truth", "run"]
-
-#: One-line help of the command (for ``geoplant.cli.COMMANDS``).
-HELP = "Score a Kaggle submission (samples-F1 and more) against PA truth or a synthetic oracle."
+__all__ = ["ReferenceSets", "configure_parser", "evaluate_submission", "load_truth", "run"]
 
 
 @dataclass(frozen=True)
-class Truth:
-    """Presence-absence truth of a set of surveys.
+class ReferenceSets:
+    """What a submission is scored against: surveys and their true species sets.
 
     Attributes
     ----------
@@ -86,23 +83,40 @@ def _labels(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> sp.csr_matrix:
     return m
 
 
-def load_truth(path: str | os.PathLike[str], split: str | None = None) -> Truth:
-    """Read truth from a records CSV, a solution CSV or a synthetic truth folder."""
-    from geoplant.decode import read_synthetic_truth, truth_folder
+def load_truth(path: str | os.PathLike[str], split: str | None = None) -> ReferenceSets:
+    """Read the reference sets from a records CSV, a solution CSV or a synthetic truth folder.
 
+    Parameters
+    ----------
+    path
+        A PA records CSV (``surveyId,speciesId``), a solution CSV (``surveyId,predictions``),
+        or a synthetic release or its ``truth/`` folder.
+    split
+        The test split of a synthetic truth folder (needed only if it has several).
+
+    Returns
+    -------
+    ReferenceSets
+
+    Raises
+    ------
+    GeoplantError
+        If the path is missing or unreadable, or its columns are not recognised.
+    """
     p = Path(path)
     if p.is_dir():
+        from geoplant.synthetic.truth import read_synthetic_truth, truth_folder, truth_splits
+
         folder = truth_folder(p)
         t = read_synthetic_truth(folder, split)
         order = np.argsort(t.survey_ids)
         labels = t.labels[order]
         coo = labels.tocoo()
-        split_name = split or sorted(f.name[: -len("_probabilities.npy")]
-                                     for f in folder.glob("*_probabilities.npy"))[0]
-        return Truth(t.survey_ids[order], _labels(coo.row, t.species_ids[coo.col],
-                                                  len(order)),
-                     "synthetic", str(folder), split_name, t.probabilities[order],
-                     t.species_ids)
+        split_name = split or truth_splits(folder)[0]
+        return ReferenceSets(t.survey_ids[order], _labels(coo.row, t.species_ids[coo.col],
+                                                          len(order)),
+                             "synthetic", str(folder), split_name, t.probabilities[order],
+                             t.species_ids)
     if not p.is_file():
         raise GeoplantError("no such file or folder", path=p,
                             fix="pass a PA CSV, a solution CSV or a synthetic truth/ folder")
@@ -128,8 +142,8 @@ def load_truth(path: str | os.PathLike[str], split: str | None = None) -> Truth:
                                 fix="check the file")
         survey_ids = np.unique(survey.astype(np.int64))
         rows = np.searchsorted(survey_ids, survey[present].astype(np.int64))
-        return Truth(survey_ids, _labels(rows, species[present].astype(np.int64),
-                                         len(survey_ids)), "records", str(p))
+        return ReferenceSets(survey_ids, _labels(rows, species[present].astype(np.int64),
+                                                 len(survey_ids)), "records", str(p))
     if columns[:2] == ["surveyId", "predictions"]:
         frame = pd.read_csv(p, usecols=["surveyId", "predictions"], dtype=str,
                             keep_default_na=False)
@@ -141,15 +155,25 @@ def load_truth(path: str | os.PathLike[str], split: str | None = None) -> Truth:
         rows = np.concatenate([np.full(len(tmp_sets[i]), r) for r, i in enumerate(order)]
                               + [np.zeros(0, np.int64)]).astype(np.int64)
         cols = np.concatenate([tmp_sets[i] for i in order] + [np.zeros(0, np.int64)])
-        return Truth(ids[order], _labels(rows, cols, len(ids)), "solution", str(p))
+        return ReferenceSets(ids[order], _labels(rows, cols, len(ids)), "solution", str(p))
     raise GeoplantError(f"unrecognised columns {columns[:4]}", path=p,
                         fix="pass a CSV with surveyId,speciesId (PA records) or "
                             "surveyId,predictions (solution), or a synthetic truth/ folder")
 
 
-def evaluate_submission(submission: str | os.PathLike[str], truth: Truth, *,
+def evaluate_submission(submission: str | os.PathLike[str], truth: ReferenceSets, *,
                         subset: bool = False) -> dict[str, Any]:
     """Validate ``submission`` against ``truth`` and score it.
+
+    Parameters
+    ----------
+    submission
+        The submission CSV (``surveyId,predictions``).
+    truth
+        The reference sets (:func:`load_truth`).
+    subset
+        Score the submission's surveys only (any subset of the truth's); otherwise it must
+        list exactly the truth's surveys.
 
     Returns
     -------

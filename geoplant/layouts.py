@@ -17,6 +17,7 @@ both resolve names here, so a layout difference is fixed in exactly one place.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -91,6 +92,9 @@ _TOKENS: Final[dict[LayoutName, dict[str, dict[str, str]]]] = {
         "pa_test_glc25": {"H": "PA-test-glc25", "T": "PA-Test-GLC25", "M": "test_glc25"},
     },
 }
+
+# Template fields that vary within a split's family: one file per survey or per band.
+_PER_ITEM_FIELDS: Final = ("{cd}", "{sid}", "{band}")
 
 _K24_ENV = "EnvironmentalRasters/EnvironmentalRasters"
 _G26 = "GeoPlantData"
@@ -290,6 +294,63 @@ def location(
     if band is not None:
         fields["band"] = band
     return parse_location(template.format(**fields))
+
+
+def source_path(layout: LayoutName, family: str, split: str) -> str:
+    """Where a split's files of a family are, relative to the release root.
+
+    Parameters
+    ----------
+    layout
+        ``"glc24"`` or ``"geoplant"``.
+    family
+        A family the split has (see :func:`families`).
+    split
+        A split of :data:`SPLITS`.
+
+    Returns
+    -------
+    str
+        The file itself or the zip archive holding it; for a family of one file per survey
+        (cubes, patches) or per band, the zip archive or the folder that holds them all.
+
+    Raises
+    ------
+    KeyError
+        If the split has no such family in the layout.
+    """
+    if family not in _AVAILABLE[layout][split]:
+        raise KeyError(f"{family!r} does not exist for split {split!r} in layout {layout!r}")
+    template = _TEMPLATES[layout][family]
+    path, zipped, _ = template.partition("::")
+    cuts = [template.find(f) for f in _PER_ITEM_FIELDS if f in template]
+    if cuts and not zipped:  # loose per-item files: the folder above the first varying part
+        path = template[: min(cuts)].rpartition("/")[0]
+    return path.format(**_TOKENS[layout][split])
+
+
+def source_paths(layout: LayoutName, splits: Iterable[str], wanted: Iterable[str]) -> list[str]:
+    """The distinct sources of some families of some splits: files, folders or zip archives.
+
+    Parameters
+    ----------
+    layout
+        ``"glc24"`` or ``"geoplant"``.
+    splits
+        Splits of :data:`SPLITS`.
+    wanted
+        Families to list; those a split does not have are skipped.
+
+    Returns
+    -------
+    list of str
+        Paths relative to the release root (see :func:`source_path`), ordered by family then
+        split; a source shared by several families or splits (an archive) is listed once.
+    """
+    wanted = set(wanted)
+    pairs = sorted((family, split) for split in splits for family in families(layout, split)
+                   if family in wanted)
+    return list(dict.fromkeys(source_path(layout, family, split) for family, split in pairs))
 
 
 def raster_names(layout: LayoutName) -> tuple[str, ...]:

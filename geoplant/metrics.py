@@ -49,8 +49,10 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
 __all__ = [
+    "IndicatorInput",
     "SetInput",
     "auc_per_sample",
     "auc_per_species",
@@ -77,17 +79,19 @@ __all__ = [
 
 #: What the set metrics accept: a dense 0/1 array, a scipy sparse matrix, or id sets.
 SetInput: TypeAlias = "np.ndarray | sp.spmatrix | sp.sparray | Sequence[Iterable[int]]"
+#: What the ranking metrics accept as truth: a dense 0/1 array-like or a scipy sparse matrix.
+IndicatorInput: TypeAlias = "ArrayLike | sp.spmatrix | sp.sparray"
 
 
 # ---------------------------------------------------------------------------------------------
 # input conversion
 
 
-def _is_matrix(y: Any) -> bool:
+def _is_matrix(y: object) -> bool:
     return sp.issparse(y) or (isinstance(y, np.ndarray) and y.ndim == 2)
 
 
-def _matrix_to_csr(y: Any) -> sp.csr_matrix:
+def _matrix_to_csr(y: IndicatorInput) -> sp.csr_matrix:
     if sp.issparse(y):
         m = sp.csr_matrix(y, copy=True)
         m.eliminate_zeros()
@@ -99,7 +103,7 @@ def _matrix_to_csr(y: Any) -> sp.csr_matrix:
     return sp.csr_matrix(arr != 0)
 
 
-def _sets_to_csr(sets: Sequence[Iterable[int]], column_of: np.ndarray | None,
+def _sets_to_csr(sets: Iterable[Iterable[int]], column_of: np.ndarray | None,
                  ids: np.ndarray | None, n_cols: int) -> sp.csr_matrix:
     """Rows of id sets -> CSR; ``ids`` sorted ids of the columns (None: ids are columns)."""
     rows: list[np.ndarray] = []
@@ -164,9 +168,9 @@ def to_indicator(y_true: SetInput, y_pred: SetInput, *,
             if len(sid) != n_cols:
                 raise ValueError(f"species_ids has {len(sid)} entries for {n_cols} columns")
             order = np.argsort(sid, kind="stable")
-            other = _sets_to_csr(sets, order, sid[order], n_cols)  # type: ignore[arg-type]
+            other = _sets_to_csr(sets, order, sid[order], n_cols)
         else:
-            other = _sets_to_csr(sets, None, None, n_cols)  # type: ignore[arg-type]
+            other = _sets_to_csr(sets, None, None, n_cols)
         t, p = (matrix, other) if mt else (other, matrix)
     else:
         true_sets = [np.fromiter((int(v) for v in row), np.int64) for row in y_true]
@@ -179,14 +183,15 @@ def to_indicator(y_true: SetInput, y_pred: SetInput, *,
     return t, p
 
 
-def _dense_truth(y_true: Any, shape: tuple[int, int]) -> np.ndarray:
-    t = y_true.toarray() if sp.issparse(y_true) else np.asarray(y_true)
+def _dense_truth(y_true: IndicatorInput, shape: tuple[int, ...]) -> np.ndarray:
+    t = y_true.toarray() if isinstance(y_true, sp.spmatrix | sp.sparray) \
+        else np.asarray(y_true)
     if t.shape != shape:
         raise ValueError(f"y_true has shape {t.shape} but y_score has shape {shape}")
     return t != 0
 
 
-def _scores(y_score: Any) -> np.ndarray:
+def _scores(y_score: ArrayLike) -> np.ndarray:
     s = np.asarray(y_score)
     if s.ndim != 2:
         raise ValueError(f"y_score must be 2-d (n_surveys, n_species), got shape {s.shape}")
@@ -359,7 +364,8 @@ def tss(y_true: SetInput, y_pred: SetInput, *,
 # ranking metrics (from scores)
 
 
-def _top_k_hits(y_true: Any, y_score: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _top_k_hits(y_true: IndicatorInput, y_score: ArrayLike,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
     s = _scores(y_score)
     t = _dense_truth(y_true, s.shape)
     if k < 1:
@@ -370,7 +376,7 @@ def _top_k_hits(y_true: Any, y_score: Any, k: int) -> tuple[np.ndarray, np.ndarr
     return hits, t.sum(axis=1)
 
 
-def top_k_accuracy(y_true: Any, y_score: Any, k: int = 30) -> float:
+def top_k_accuracy(y_true: IndicatorInput, y_score: ArrayLike, k: int = 30) -> float:
     """Fraction of surveys with at least one present species among the K best scores.
 
     With one present species per survey this is the usual top-K accuracy (GLC 2020-2023).
@@ -380,7 +386,7 @@ def top_k_accuracy(y_true: Any, y_score: Any, k: int = 30) -> float:
     return float(np.mean(hits > 0)) if len(hits) else float("nan")
 
 
-def top_k_recall(y_true: Any, y_score: Any, k: int = 25) -> float:
+def top_k_recall(y_true: IndicatorInput, y_score: ArrayLike, k: int = 25) -> float:
     """Mean over surveys of the fraction of present species among the K best scores
     (GeoPlant's recall@K). Surveys with no present species are skipped."""
     hits, n_true = _top_k_hits(y_true, y_score, k)
@@ -437,7 +443,8 @@ def _block_rows(y_true: Any, rows: slice) -> Any:
     return y_true[rows] if sp.issparse(y_true) else np.asarray(y_true)[rows]
 
 
-def _species_roc(y_true: Any, y_score: Any, *, with_tss: bool, block: int = 1024
+def _species_roc(y_true: IndicatorInput, y_score: ArrayLike, *, with_tss: bool,
+                 block: int = 1024
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s = _scores(y_score)
     truth_t = (sp.csr_matrix(y_true).T.tocsr() if sp.issparse(y_true)
@@ -454,7 +461,7 @@ def _species_roc(y_true: Any, y_score: Any, *, with_tss: bool, block: int = 1024
     return out[0], out[1], out[2]
 
 
-def auc_per_species(y_true: Any, y_score: Any) -> np.ndarray:
+def auc_per_species(y_true: IndicatorInput, y_score: ArrayLike) -> np.ndarray:
     """ROC AUC of each species (column); NaN where a species is always or never present.
 
     Ties in the scores count one half (mid-ranks), as in ``sklearn.metrics.roc_auc_score``.
@@ -462,7 +469,8 @@ def auc_per_species(y_true: Any, y_score: Any) -> np.ndarray:
     return _species_roc(y_true, y_score, with_tss=False)[0]
 
 
-def auc_per_sample(y_true: Any, y_score: Any, *, block: int = 512) -> np.ndarray:
+def auc_per_sample(y_true: np.ndarray | sp.spmatrix | sp.sparray, y_score: ArrayLike, *,
+                   block: int = 512) -> np.ndarray:
     """ROC AUC of each survey (ranking its species); NaN where a survey has all or none."""
     s = _scores(y_score)
     if tuple(y_true.shape) != s.shape:
@@ -475,7 +483,8 @@ def auc_per_sample(y_true: Any, y_score: Any, *, block: int = 512) -> np.ndarray
     return out
 
 
-def max_tss_per_species(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray]:
+def max_tss_per_species(y_true: IndicatorInput,
+                        y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Maximum TSS of each species over score thresholds, and the threshold reaching it.
 
     The SDM practice of reporting TSS at the species' best threshold (equivalently Youden's
@@ -532,7 +541,8 @@ def evaluate_sets(y_true: SetInput, y_pred: SetInput, *, empty_score: float = 1.
     }
 
 
-def evaluate_scores(y_true: Any, y_score: Any, *, k: int = 25) -> dict[str, float]:
+def evaluate_scores(y_true: np.ndarray | sp.spmatrix | sp.sparray, y_score: ArrayLike, *,
+                    k: int = 25) -> dict[str, float]:
     """Ranking metrics from scores: ``top_k_recall``, ``top_k_accuracy``, ``auc_species``
     (macro over non-degenerate species), ``auc_samples`` (mean over non-degenerate surveys),
     ``max_tss`` (mean per-species best-threshold TSS)."""

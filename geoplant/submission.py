@@ -32,13 +32,17 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
 from geoplant.errors import GeoplantError
+
+if TYPE_CHECKING:
+    from geoplant.metrics import SetInput
 
 __all__ = [
     "HEADER",
@@ -221,7 +225,7 @@ def _is_int(token: str) -> bool:
 
 
 def validate_submission(path: str | os.PathLike[str],
-                        test_survey_ids: Sequence[int] | np.ndarray, *,
+                        test_survey_ids: ArrayLike, *,
                         max_species_id: int | None = MAX_SPECIES_ID,
                         known_species: Iterable[int] | None = None,
                         warn_empty: bool = True) -> Submission:
@@ -251,9 +255,9 @@ def validate_submission(path: str | os.PathLike[str],
     return sub
 
 
-def write_submission(path: str | os.PathLike[str], survey_ids: Sequence[int] | np.ndarray,
-                     predictions: Any, *,
-                     species_ids: Sequence[int] | np.ndarray | None = None) -> Path:
+def write_submission(path: str | os.PathLike[str], survey_ids: ArrayLike,
+                     predictions: SetInput, *,
+                     species_ids: ArrayLike | None = None) -> Path:
     """Write a submission CSV in the exact competition format.
 
     Parameters

@@ -79,6 +79,36 @@ def test_store_values_equal_the_raw_files(request: pytest.FixtureRequest, layout
                 assert sub[name].values.all()
 
 
+@pytest.mark.parametrize("layout", layouts.LAYOUTS)
+def test_source_paths_list_the_release_files(request: pytest.FixtureRequest,
+                                             layout: layouts.LayoutName) -> None:
+    root: Path = request.getfixturevalue(f"{layout}_tiny")
+    raw = RawRelease(root)
+    splits = layouts.SPLITS[layout]
+    every = {f for split in splits for f in layouts.families(layout, split)}
+    paths = layouts.source_paths(layout, splits, every)
+    assert len(paths) == len(set(paths))  # an archive of several families is listed once
+    assert all((root / path).exists() for path in paths)
+    for split in splits:
+        for family in layouts.families(layout, split):
+            source = layouts.source_path(layout, family, split)
+            assert source in paths
+            if family.endswith(".cube") or family.startswith("s2."):
+                sid = int(raw.survey_ids(split)[0])
+                loc = raw.location(family, split, survey_id=sid)
+            else:
+                loc = raw.location(family, split, band=layouts.LANDSAT_BANDS[0]) \
+                    if family == "landsat.values" else raw.location(family, split)
+            # the file itself, its archive, or the folder holding it
+            assert loc.path == source or loc.path.startswith(f"{source}/")
+            assert (root / source).is_dir() == (loc.path != source)
+    # only the families asked for, and only where the split has them
+    assert layouts.source_paths(layout, ["po_train"], {"metadata.po", "s2.rgb"}) == \
+        [layouts.location(layout, "metadata.po", "po_train").path]
+    with pytest.raises(KeyError):
+        layouts.source_path(layout, "s2.rgb", "po_train")
+
+
 def test_labels_species_and_info(glc24_store: Path) -> None:
     store = open_store(glc24_store)
     records = store.records("pa_train")
