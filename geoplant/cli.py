@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("geoplant.build", "Build a raw release into a store (GeoParquet + Zarr v3)."),
     "evaluate": ("geoplant.evaluate", "Score a Kaggle submission (samples-F1 and more) against "
                  "PA truth or a synthetic oracle."),
+    "kaggle": ("geoplant.kaggle", "Kaggle-native: publish a store, push a baseline as a GPU "
+               "kernel, pull its outputs, submit."),
     "info": ("geoplant.info", "Summarise a store (counts, modalities, skipped items)."),
     "run": ("geoplant.run", "Execute a named baseline notebook with papermill (+ model card)."),
     "sample": ("geoplant.sample", "Write a synthetic GeoPlant release in a real raw layout."),
