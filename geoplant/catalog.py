@@ -19,12 +19,19 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NotRequired, TypeAlias, TypedDict, cast
 
 from geoplant.errors import GeoplantError
+from geoplant.layouts import SPLITS, LayoutName
 
 PartKind = Literal["file", "archive"]
 SourceType = Literal["kaggle-competition", "kaggle-dataset", "seafile", "http"]
+#: How sure the catalog is of a part's facts (see ``data_catalog/README.md``).
+Evidence = Literal["VERIFIED", "DOC", "INFERRED", "UNVERIFIED"]
+#: ``zips``: each volume is a standalone zip; ``split``: byte pieces of one zip.
+VolumeFormat = Literal["zips", "split"]
+#: A JSON value, as `json.loads` returns it.
+JSONValue: TypeAlias = "dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None"
 
 SCHEMA_FILE: Final = "catalog.schema.json"
 #: Environment variable naming a folder that holds the catalog YAMLs (overrides the defaults).
@@ -120,10 +127,10 @@ class Part:
     sources: Mapping[str, PartSource]
     licence: Licence
     citation: Citation
-    evidence: str
+    evidence: Evidence
     size_approx: bool = False
     size_note: str | None = None
-    volume_format: Literal["zips", "split"] | None = None
+    volume_format: VolumeFormat | None = None
     extract_to: str | None = None
     note: str | None = None
     contents: tuple[Content, ...] = ()
@@ -153,7 +160,7 @@ class Catalog:
 
     release: str
     title: str
-    layout: str
+    layout: LayoutName
     licence: Licence
     citation: Citation
     sources: Mapping[str, Source]
@@ -269,20 +276,20 @@ def catalog_path(release: str) -> Path:
     return path
 
 
-def load_schema() -> dict[str, Any]:
+def load_schema() -> dict[str, JSONValue]:
     """The JSON schema every catalog satisfies."""
     path = _find(SCHEMA_FILE)
     if path is None:
         raise GeoplantError(f"catalog schema {SCHEMA_FILE} not found",
                             fix=f"reinstall geoplant or set {CATALOG_DIR_ENV}")
-    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    schema: dict[str, JSONValue] = json.loads(path.read_text(encoding="utf-8"))
     return schema
 
 
 # ------------------------------------------------------------------------------- validation
 
 
-def validate(data: Mapping[str, Any], *, where: str | Path | None = None) -> None:
+def validate(data: Mapping[str, object], *, where: str | Path | None = None) -> None:
     """Check a parsed catalog against the JSON schema and the rules a schema cannot express.
 
     The schema check needs the ``jsonschema`` package; without it only the semantic checks run.
@@ -316,11 +323,12 @@ def validate(data: Mapping[str, Any], *, where: str | Path | None = None) -> Non
 
 
 def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
-    from geoplant.layouts import SPLITS
-
+    # ``data`` is any mapping (schema-valid unless jsonschema is missing): read it defensively.
     problems: list[str] = []
     sources = data.get("sources", {})
-    layout_splits = set(SPLITS.get(data.get("layout"), ()))  # type: ignore[call-overload]
+    layout = data.get("layout")
+    # An unknown layout (only possible without the schema check) has no splits.
+    layout_splits = {s for name, splits in SPLITS.items() if name == layout for s in splits}
     names: set[str] = set()
     paths: set[str] = set()
     for i, raw in enumerate(data.get("parts", [])):
@@ -353,10 +361,122 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------------- loading
 
 
-def parse(data: Mapping[str, Any], *, path: Path | None = None, check: bool = True) -> Catalog:
-    """Build a `Catalog` from parsed YAML (validated first unless ``check`` is false)."""
+class LicenceDocument(TypedDict):
+    """``licence`` in a catalog YAML (see `Licence`)."""
+
+    id: str
+    url: NotRequired[str]
+    note: NotRequired[str]
+
+
+class CitationDocument(TypedDict):
+    """``citation`` in a catalog YAML (see `Citation`)."""
+
+    text: str
+    url: NotRequired[str]
+    bibtex: NotRequired[str]
+
+
+class SourceDocument(TypedDict):
+    """One entry of ``sources`` in a catalog YAML (see `Source`)."""
+
+    type: SourceType
+    ref: NotRequired[str]
+    url: NotRequired[str]
+    mount: NotRequired[str]
+    note: NotRequired[str]
+
+
+class PartSourceDocument(TypedDict, total=False):
+    """One entry of a part's ``sources`` (see `PartSource`)."""
+
+    file: str
+    path: str
+    bundle: bool
+
+
+class VolumeDocument(TypedDict):
+    """One entry of a part's ``volumes`` (see `PartFile`)."""
+
+    path: str
+    size: int | None
+    sha256: str | None
+    size_approx: NotRequired[bool]
+
+
+class ContentDocument(TypedDict):
+    """One entry of a part's ``contents`` (see `Content`)."""
+
+    path: str
+    splits: list[str]
+    modalities: list[str]
+
+
+class PartDocument(TypedDict):
+    """One entry of ``parts`` in a catalog YAML (see `Part`): ``path`` for a single file,
+    ``volumes`` and ``volume_format`` for a multi-volume archive."""
+
+    name: str
+    kind: PartKind
+    size: int | None
+    splits: list[str]
+    modalities: list[str]
+    sources: dict[str, PartSourceDocument]
+    evidence: Evidence
+    path: NotRequired[str]
+    volumes: NotRequired[list[VolumeDocument]]
+    volume_format: NotRequired[VolumeFormat]
+    extract_to: NotRequired[str]
+    size_approx: NotRequired[bool]
+    size_note: NotRequired[str]
+    sha256: NotRequired[str | None]
+    licence: NotRequired[LicenceDocument]
+    citation: NotRequired[CitationDocument]
+    note: NotRequired[str]
+    contents: NotRequired[list[ContentDocument]]
+
+
+class CatalogDocument(TypedDict):
+    """A catalog YAML once validated: the typed view of ``data_catalog/catalog.schema.json``
+    (the schema is the authority)."""
+
+    schema_version: Literal[1]
+    release: str
+    title: str
+    layout: LayoutName
+    licence: LicenceDocument
+    citation: CitationDocument
+    sources: dict[str, SourceDocument]
+    parts: list[PartDocument]
+    description: NotRequired[str]
+    homepage: NotRequired[str]
+
+
+def parse(data: Mapping[str, object], *, path: Path | None = None, check: bool = True,
+          ) -> Catalog:
+    """Build a `Catalog` from parsed YAML (validated first unless ``check`` is false).
+
+    Parameters
+    ----------
+    data
+        The parsed catalog YAML. With ``check=False`` it must already be a valid
+        `CatalogDocument`.
+    path
+        The file it came from, for error messages and `Catalog.path`.
+    check
+        Validate ``data`` first (`validate`).
+
+    Raises
+    ------
+    GeoplantError
+        When ``check`` is true and the catalog is invalid.
+    """
     if check:
         validate(data, where=path)
+    return _build(cast(CatalogDocument, data), path)
+
+
+def _build(data: CatalogDocument, path: Path | None) -> Catalog:
     licence = Licence(**data["licence"])
     citation = Citation(**data["citation"])
     sources = {name: Source(name=name, **spec) for name, spec in data["sources"].items()}

@@ -1,27 +1,40 @@
-"""A real HTTP server on 127.0.0.1 and a socket guard, shared by the download tests.
+"""Real HTTP servers on 127.0.0.1, a socket guard and a tiny release, shared by the download
+tests.
 
-Not a test module: ``test_download.py`` and ``test_download_release.py`` import it as
-``from local_http import ...`` (pytest's default ``prepend`` import mode puts ``tests/`` on
-``sys.path``, as for ``ddp_script``).
+Not a test module: the ``test_download*.py`` files import it as ``from local_http import ...``
+(pytest's default ``prepend`` import mode puts ``tests/`` on ``sys.path``, as for
+``ddp_script``).
 
 ``LocalServer`` serves ``files`` (URL path -> bytes) over HTTP/1.1 with ``Range: bytes=N-``
 (206, 416 past the end), logs every request, and can fault once per path: ``cut`` drops the
 connection after some bytes of the body, ``corrupt`` flips one byte of the next body. Test
 files extend it where their servers differ: ``resolve`` maps a request target to the served
-path (other URL forms), ``handle_post`` answers POSTs (API routes).
+path (other URL forms), ``handle_post`` answers POSTs (API routes). ``MirrorServer`` adds the
+Kaggle API routes; ``make_release`` publishes a small release in the glc24 layout on it and
+writes its catalog.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import os
+import random
 import re
 import socket
 import threading
 import urllib.parse
+import zipfile
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
+from geoplant.downloader import KAGGLE_INPUT_ENV
 
 LOCALHOST = "127.0.0.1"
 
@@ -36,6 +49,16 @@ def offline_guard(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+def isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`offline_guard`, and no Kaggle setup, proxy or ``/kaggle/input`` of the user's."""
+    offline_guard(monkeypatch)
+    for var in [v for v in os.environ if v.startswith("KAGGLE_") or v.lower().endswith("_proxy")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
+    monkeypatch.setenv(KAGGLE_INPUT_ENV, str(tmp_path / "no-kaggle-input"))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -148,3 +171,116 @@ class LocalServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# ------------------------------------------------------------------------------- mirror + Kaggle
+
+
+class MirrorServer(LocalServer):
+    """The mirror (Range, one-shot faults, a request log) plus the Kaggle API routes: a
+    download POST is answered with a redirect to ``/files/<name>``."""
+
+    def __init__(self) -> None:
+        super().__init__(headers={"ETag": '"v1"', "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"})
+
+    def handle_post(self, handler: Handler, path: str, body: bytes) -> None:
+        request = json.loads(body)
+        self.log.append({"method": "POST", "path": path, "body": request,
+                         "auth": handler.headers.get("Authorization")})
+        if path.endswith("/competitions.CompetitionApiService/DownloadDataFile"):
+            target = "/files/" + request["fileName"]
+        elif path.endswith("/competitions.CompetitionApiService/DownloadDataFiles"):
+            target = f"/files/{request['competitionName']}.zip"
+        else:
+            target = ""
+        if target not in self.files:
+            handler.reply(404, json.dumps({"code": 404, "message": "not found"}).encode(),
+                          "application/json")
+            return
+        handler.send_response(302)
+        handler.send_header("Location", "http://localhost" + urllib.parse.quote(target))
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    def mirror_gets(self, path: str) -> list[dict[str, Any]]:
+        """The logged GETs of release path ``path`` on the mirror."""
+        return self.gets("/mirror/" + path)
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A stored (uncompressed) zip of ``members`` (name -> bytes)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def sha(data: bytes) -> str:
+    """The hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_release(server: MirrorServer, root: Path) -> tuple[Path, dict[str, bytes]]:
+    """A small release in the glc24 layout, served under /mirror/, with its catalog YAML.
+
+    Returns the catalog path and the served files (release path -> bytes).
+    """
+    rng = random.Random(0)
+    csv = b"lon,lat,year,geoUncertaintyInM,areaInM2,region,country,speciesId,surveyId\n" + b"".join(
+        f"{rng.uniform(-10, 30):.5f},{rng.uniform(35, 70):.5f},2019,5.0,100.0,ATLANTIC,France,"
+        f"{rng.randrange(11255)}.0,{1000 + i}\n".encode() for i in range(200))
+    landcover = zip_bytes({"LandCover/LandCover_MODIS_Terra-Aqua_500m.tif": rng.randbytes(3000)})
+    patches = zip_bytes({f"pa_train_patches_rgb/{i:02d}/23/{i}1323.jpeg": rng.randbytes(40_000)
+                         for i in range(30)})  # ~1.2 MB, incompressible: the resume fixture
+    vol = [zip_bytes({f"PO-Train/{k}/0/{k}00{j}.tiff": rng.randbytes(500) for j in range(3)})
+           for k in range(2)]
+    cubes = zip_bytes({f"GLC24-PA-test-bioclimatic_monthly/{i}_cube.pt": rng.randbytes(2000)
+                       for i in range(4)})
+    half = len(cubes) // 2
+    files = {
+        "GLC24_PA_metadata_train.csv": csv,
+        "EnvironmentalRasters/LandCover.zip": landcover,
+        "SatellitePatches/PA-Train-SatellitePatches-RGB.zip": patches,
+        "Tiff/PO-Train-part-00.zip": vol[0],
+        "Tiff/PO-Train-part-01.zip": vol[1],
+        "Cubes/PA-test-cubes.zip.001": cubes[:half],
+        "Cubes/PA-test-cubes.zip.002": cubes[half:],
+    }
+    for path, data in files.items():
+        server.files["/mirror/" + path] = data
+    common = {"splits": ["pa_train"], "evidence": "VERIFIED", "sha256": None}
+    catalog = {
+        "schema_version": 1, "release": "tiny", "title": "test release", "layout": "glc24",
+        "licence": {"id": "MIT"}, "citation": {"text": "test"},
+        "sources": {
+            "kaggle": {"type": "kaggle-competition", "ref": "geolifeclef-2024",
+                       "mount": "geolifeclef-2024"},
+            "mirror": {"type": "http", "url": server.url + "/mirror"},
+        },
+        "parts": [
+            {"name": "meta-pa-train", "path": "GLC24_PA_metadata_train.csv", "kind": "file",
+             "size": len(csv), **common, "modalities": ["metadata"],
+             "sources": {"kaggle": {"file": "GLC24_PA_metadata_train.csv"}, "mirror": {}}},
+            {"name": "rasters-landcover", "path": "EnvironmentalRasters/LandCover.zip",
+             "kind": "archive", "size": len(landcover), **common, "sha256": sha(landcover),
+             "splits": [], "modalities": ["rasters"], "sources": {"mirror": {}}},
+            {"name": "patches-rgb-pa-train", "kind": "archive", **common,
+             "path": "SatellitePatches/PA-Train-SatellitePatches-RGB.zip",
+             "extract_to": "PA_Train_SatellitePatches_RGB", "size": len(patches),
+             "modalities": ["sentinel2"], "sources": {"mirror": {}}},
+            {"name": "tiff-po-train", "kind": "archive", "volume_format": "zips",
+             "volumes": [{"path": p, "size": len(files[p]), "sha256": None}
+                         for p in ("Tiff/PO-Train-part-00.zip", "Tiff/PO-Train-part-01.zip")],
+             "size": len(vol[0]) + len(vol[1]), "splits": ["po_train"],
+             "modalities": ["sentinel2"], "evidence": "DOC", "sources": {"mirror": {}}},
+            {"name": "cubes-pa-test", "kind": "archive", "volume_format": "split",
+             "volumes": [{"path": p, "size": len(files[p]), "sha256": sha(files[p])}
+                         for p in ("Cubes/PA-test-cubes.zip.001", "Cubes/PA-test-cubes.zip.002")],
+             "extract_to": "TimeSeries-Cubes", "size": len(cubes), "splits": ["pa_test"],
+             "modalities": ["climate"], "evidence": "DOC", "sources": {"mirror": {}}},
+        ],
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    return path, files

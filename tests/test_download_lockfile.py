@@ -1,0 +1,113 @@
+"""`geoplant.downloader.lockfile`: the lock file in DEST and the present/verified check."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from local_http import MirrorServer, isolate, make_release, sha
+
+from geoplant.catalog import PartFile
+from geoplant.downloader import LOCK_FILE, download
+from geoplant.downloader import lockfile as lockfile_module
+from geoplant.downloader.lockfile import LockFile, check_file, mismatch
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def server() -> Iterator[MirrorServer]:
+    srv = MirrorServer()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def release(server: MirrorServer, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    return make_release(server, tmp_path)
+
+
+def test_corrupted_byte_on_disk_is_detected_and_refetched(release, server: MirrorServer,
+                                                          tmp_path: Path) -> None:
+    catalog, files = release
+    dest = tmp_path / "dest"
+    path = "GLC24_PA_metadata_train.csv"  # no checksum in the catalog: the lock file has it
+    download(["meta-pa-train", "cubes-pa-test"], dest=dest, catalog=catalog, source="http",
+             progress=False)
+    data = bytearray((dest / path).read_bytes())
+    data[100] ^= 0x01
+    (dest / path).write_bytes(bytes(data))
+    dry = download(["meta-pa-train", "cubes-pa-test"], dest=dest, catalog=catalog, dry_run=True)
+    assert [p.status for p in dry.parts] == ["present, unverified", "present"]
+    report = download(["meta-pa-train", "cubes-pa-test"], dest=dest, catalog=catalog,
+                      source="http", progress=False)
+    assert [p.status for p in report.parts] == ["downloaded", "present"]
+    gets = server.mirror_gets(path)
+    assert len(gets) == 2 and gets[1]["range"] is None
+    assert (dest / path).read_bytes() == files[path]
+
+
+def test_lock_file_round_trip_and_damage(tmp_path: Path) -> None:
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"abc")
+    LockFile(tmp_path, "tiny", write=False).record("a.bin", target, sha256=sha(b"abc"),
+                                                   source="http")
+    assert not (tmp_path / LOCK_FILE).exists()  # a dry run writes nothing
+
+    lock = LockFile(tmp_path, "tiny", write=True)
+    lock.record("a.bin", target, sha256=sha(b"abc"), source="http", url="http://h/a.bin",
+                part="p")
+    data = json.loads((tmp_path / LOCK_FILE).read_text())
+    assert data["version"] == 1 and data["release"] == "tiny"
+    entry = data["files"]["a.bin"]
+    assert entry["size"] == 3 and entry["sha256"] == sha(b"abc") and entry["part"] == "p"
+    assert entry["source"] == "http" and entry["url"] == "http://h/a.bin" and entry["recorded"]
+    assert entry["mtime_ns"] == target.stat().st_mtime_ns
+    assert LockFile(tmp_path, "tiny", write=False).get("a.bin") == entry
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", LOCK_FILE]  # no temporary
+
+    (tmp_path / LOCK_FILE).write_text("{not json")
+    assert LockFile(tmp_path, "tiny", write=False).get("a.bin") is None  # only costs a re-hash
+
+
+def test_check_file_states(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = b"0123456789"
+    lock = LockFile(tmp_path, "tiny", write=True)
+    target = tmp_path / "f.bin"
+    exact = PartFile("f.bin", len(data))
+    assert check_file(target, exact, lock, verify=False).status == "missing"
+    (tmp_path / "f.bin.part").write_bytes(data[:4])
+    res = check_file(target, exact, lock, verify=False)
+    assert (res.status, res.size) == ("partial", 4)
+
+    target.write_bytes(data + b"!")
+    assert check_file(target, exact, lock, verify=False).status == "unverified"  # wrong size
+    target.write_bytes(data)
+    nothing_known = PartFile("f.bin", len(data), size_approx=True)
+    assert check_file(target, nothing_known, lock, verify=False).status == "unverified"
+    wrong_sha = PartFile("f.bin", None, sha256=sha(b"other"))
+    assert check_file(target, wrong_sha, lock, verify=False).status == "unverified"
+
+    res = check_file(target, exact, lock, verify=False)  # an exact size is enough: hashed
+    assert (res.status, res.sha256) == ("present", sha(data))
+    assert lock.get("f.bin")["source"] == "local"  # type: ignore[index]
+
+    def no_hashing(path: object) -> str:
+        raise AssertionError("re-hashed a file the lock file vouches for")
+
+    monkeypatch.setattr(lockfile_module, "sha256_file", no_hashing)
+    assert check_file(target, nothing_known, lock, verify=False).status == "present"
+    with pytest.raises(AssertionError, match="re-hashed"):
+        check_file(target, nothing_known, lock, verify=True)
+
+
+def test_mismatch_messages() -> None:
+    assert mismatch(None, None, 5, "ab") is None
+    assert mismatch(5, "ab", 5, "ab") is None
+    assert mismatch(4, None, 5, "ab") == "size 5 != catalog size 4"
+    assert mismatch(None, "c" * 64, 5, "d" * 64).startswith("sha256 dddddddddddd… != expected")
