@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from geoplant.errors import GeoplantError
+from geoplant.files import atomic_write_text
+from geoplant.splits import spatial_block_split
 from geoplant.store import Store
+
+if TYPE_CHECKING:  # torch and the models load only when a step needs them
+    from geoplant.models import EnvLogisticBaseline, FrequencyBaseline
+    from geoplant.train import TrainResult
 
 #: Where Kaggle mounts attached datasets.
 KAGGLE_INPUT = Path(os.environ.get("GEOPLANT_KAGGLE_INPUT", "/kaggle/input"))
@@ -60,8 +67,16 @@ class Plan:
     test_ids: np.ndarray
 
 
-def test_split_of(store: Store) -> str:
-    """The store's (first) PA test split: ``pa_test`` (GLC24) or ``pa_test_iid`` (GeoPlant)."""
+def evaluation_split(store: Store) -> str:
+    """The split a baseline is scored on: the store's (first) PA test split.
+
+    ``pa_test`` (GLC24) or ``pa_test_iid`` (GeoPlant).
+
+    Raises
+    ------
+    GeoplantError
+        The store holds no PA test split.
+    """
     tests = [s for s in store.splits if s.startswith("pa_test")]
     if not tests:
         raise GeoplantError("the store has no PA test split", path=store.path,
@@ -71,15 +86,27 @@ def test_split_of(store: Store) -> str:
 
 def make_plan(store: Store, *, val_fraction: float = 0.15, block_km: float = 10.0,
               seed: int = 0, test_split: str | None = None) -> Plan:
-    """Split ``pa_train`` into training and validation by ~10 km spatial blocks."""
-    from geoplant.train import spatial_block_split
+    """Split ``pa_train`` into training and validation by ~10 km spatial blocks.
 
+    Parameters
+    ----------
+    store
+        The store to plan on.
+    val_fraction, block_km, seed
+        As in :func:`geoplant.splits.spatial_block_split`.
+    test_split
+        The split to predict and score (default: :func:`evaluation_split`).
+
+    Returns
+    -------
+    Plan
+    """
     surveys = store.records("pa_train", columns=["surveyId", "lon", "lat"]) \
         .drop_duplicates("surveyId").sort_values("surveyId")
     val = spatial_block_split(surveys["lon"].to_numpy(), surveys["lat"].to_numpy(),
                               block_km=block_km, val_fraction=val_fraction, seed=seed)
     ids = surveys["surveyId"].to_numpy(np.int64)
-    split = test_split or test_split_of(store)
+    split = test_split or evaluation_split(store)
     test_ids = np.unique(store.records(split, columns=["surveyId"])["surveyId"]
                          .to_numpy(np.int64))
     return Plan(ids[~val], ids[val], split, test_ids)
@@ -110,8 +137,9 @@ def _frequency(store: Store, ids: np.ndarray) -> np.ndarray:
 def fit_torch(store: Store, plan: Plan, modalities: list[str], *, epochs: int = 6,
               batch_size: int = 64, lr: float = 1e-3, loss: str = "bce", seed: int = 0,
               num_workers: int = 0, out_dir: str | os.PathLike[str] | None = None,
-              patience: int | None = 4, encoder_kwargs: dict[str, Any] | None = None,
-              ) -> tuple[Predictions, Predictions, Any]:
+              patience: int | None = 4,
+              encoder_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+              ) -> tuple[Predictions, Predictions, TrainResult]:
     """Train :class:`~geoplant.models.MultimodalSDM` on ``modalities``; predict val and test.
 
     Returns
@@ -157,7 +185,7 @@ def env_features(store: Store, split: str, survey_ids: np.ndarray) -> np.ndarray
 
 
 def fit_classic(store: Store, plan: Plan, method: str, **kwargs: Any
-                ) -> tuple[Predictions, Predictions, Any]:
+                ) -> tuple[Predictions, Predictions, FrequencyBaseline | EnvLogisticBaseline]:
     """Fit a non-torch baseline: ``"frequency"`` (naive, global or per cell) or
     ``"logistic"`` (per-species logistic regression on env values, MaxEnt-style)."""
     from geoplant.models import EnvLogisticBaseline, FrequencyBaseline
@@ -168,7 +196,7 @@ def fit_classic(store: Store, plan: Plan, method: str, **kwargs: Any
     x_test = env_features(store, plan.test_split, plan.test_ids)
     y_train = _labels_for(store, plan.train_ids)
     if method == "frequency":
-        model: Any = FrequencyBaseline(**kwargs)
+        model: FrequencyBaseline | EnvLogisticBaseline = FrequencyBaseline(**kwargs)
     elif method == "logistic":
         model = EnvLogisticBaseline(**kwargs)
     else:
@@ -256,15 +284,14 @@ def _nanmean(values: np.ndarray) -> float:
     return round(float(np.nanmean(values)), 4) if np.isfinite(values).any() else float("nan")
 
 
-def write_metrics(out_dir: str | os.PathLike[str], metrics: dict[str, Any]) -> Path:
-    """Write ``metrics.json`` (atomically) into ``out_dir``."""
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "metrics.json"
-    tmp = folder / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1, default=_jsonable) + "\n")
-    os.replace(tmp, target)
-    return target
+def write_metrics(out_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) -> Path:
+    """Write ``metrics.json`` (atomically) into ``out_dir`` (created if needed).
+
+    NumPy scalars and arrays become JSON numbers and lists; anything else unknown, its
+    ``str``. Returns the file's path.
+    """
+    text = json.dumps(metrics, indent=1, default=_jsonable) + "\n"
+    return atomic_write_text(Path(out_dir) / "metrics.json", text)
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,7 +1,7 @@
 """Planted-signal synthetic batches for the model/training tests, and the DDP test's script.
 
-As a script (run by ``tests/test_train.py`` through ``torch.distributed.run`` with two CPU
-processes)::
+As a script (run by ``tests/test_train_distributed.py`` through ``torch.distributed.run``
+with two CPU processes)::
 
     python -m torch.distributed.run --nproc_per_node=2 --standalone tests/ddp_script.py OUT
 
