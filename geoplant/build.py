@@ -14,24 +14,36 @@ Layout of a store::
         valid_<modality> (surveyId,)                      bool: the survey's item was read
     rasters.zarr/<name>              environmental rasters, spatially chunked, with CRS
     _build/                          markers of finished work (resume); removed when complete
+    .geoplant-build.lock             held while a build writes the store (pid, host, start)
 
 Per-survey modalities are written block by block (:data:`BLOCK_SURVEYS` surveys, a whole number
 of chunks along ``surveyId``), each block a dask task that reads its raw files and writes its
 own region, so blocks never share a chunk and run in any order, on the local scheduler or a
 dask.distributed cluster. A finished block leaves a marker; a rerun skips marked blocks, so a
 killed build resumes where it stopped and ends with the same bytes.
+
+Markers record what was read, never a verdict that could outlive a repair: a block (or a split's
+records, or a raster) with a skipped item gets no marker, so a rerun reads it again. A cube's
+empty template is marked complete only once fully written; a rerun rebuilds a half-written one.
+One build writes a store at a time (the lock file); a stale lock (its holder is gone) is taken
+over.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -42,7 +54,13 @@ import pandas as pd
 
 from geoplant import __version__, layouts
 from geoplant.errors import GeoplantError
-from geoplant.files import atomic_write_bytes, sha256_file
+from geoplant.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    atomic_write_with,
+    remove_stale_temporaries,
+    sha256_file,
+)
 from geoplant.store import cube_array
 
 #: Per-survey modalities, their raw family and array layout.
@@ -73,6 +91,17 @@ CHUNK_SURVEYS: Final = 4
 #: Highest valid speciesId (GLC24: num_classes = 11255).
 MAX_SPECIES_ID: Final = 11_254
 _ENV_FAMILIES: Final = ("bioclimatic", "elevation", "human_footprint", "landcover", "soilgrids")
+#: The lock file a build holds inside the store.
+LOCK_NAME: Final = ".geoplant-build.lock"
+#: A lock file still empty after this long was left by a writer killed while creating it.
+_EMPTY_LOCK_GRACE_S: Final = 10.0
+#: What a finished build renames ``_build`` to before deleting it (the store is complete then).
+_DONE_PREFIX: Final = "._build.tmp-"
+#: Temporaries of zarr-python's local store (``<name>.<uuid4 hex>.partial``).
+_ZARR_PARTIAL: Final = re.compile(r"\.[0-9a-f]{32}\.partial$")
+_STRICT_FIX: Final = "repair or re-download the file, or build without --strict to skip bad items"
+#: How long a failed build waits for zarr's chunk writes still in flight.
+_SETTLE_S: Final = 30.0
 
 
 @dataclass
@@ -90,6 +119,37 @@ class BuildSummary:
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
+@functools.cache
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file (0666 less the umask)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return 0o666 & ~int(next(x for x in status if x.startswith("Umask:")).split()[1], 8)
+    umask = os.umask(0o022)  # no /proc: read it the only portable way (set, then restore)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_store_file(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write a file of the store atomically, readable like a file written in place.
+
+    The temporaries of :mod:`geoplant.files` are created 0600; a shared store should keep
+    the permissions its files had when they were written directly.
+    """
+    def write_readable(tmp: Path) -> None:
+        write(tmp)
+        os.chmod(tmp, _file_mode())
+
+    atomic_write_with(path, write_readable)
+
+
+def _strict_error(kind: str, reason: str, *, survey_id: int | None = None,
+                  file: str | None = None) -> GeoplantError:
+    """The error a bad item raises under ``--strict``."""
+    return GeoplantError(f"{kind} of survey {survey_id}: {reason}" if survey_id is not None
+                         else f"{kind}: {reason}", path=file, fix=_STRICT_FIX)
+
+
 class _Skips:
     """Bad items: counted and listed, or fatal under ``--strict``."""
 
@@ -102,10 +162,7 @@ class _Skips:
         item = {"split": split, "kind": kind, "surveyId": survey_id, "file": file, "line": line,
                 "reason": reason}
         if self.strict:
-            raise GeoplantError(f"{kind} of survey {survey_id}: {reason}" if survey_id
-                                else f"{kind}: {reason}", path=file,
-                                fix="repair or re-download the file, or build without --strict "
-                                    "to skip bad items")
+            raise _strict_error(kind, reason, survey_id=survey_id, file=file)
         self.items.append(item)
 
 
@@ -147,27 +204,216 @@ def _check_request(raw: Any, splits: Sequence[str] | None,
     return chosen
 
 
+# ---------------------------------------------------------------------------------------------
+# the store lock: one writer at a time
+
+
+def _read_json_dict(path: Path) -> dict[str, Any] | None:
+    """A small JSON object file (the lock, the settings), or ``None`` if empty or unreadable."""
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _lock_busy(path: Path, holder: dict[str, Any] | None) -> GeoplantError:
+    """The one-line error a second writer gets."""
+    if holder is None:
+        who, stop = "another build", "stop it"
+    else:
+        who = f"another build (pid {holder.get('pid')} on {holder.get('host')}, since " \
+              f"{holder.get('started')})"
+        stop = f"stop it (kill {holder.get('pid')})"
+    return GeoplantError(f"{who} is writing this store", path=path.parent,
+                         fix=f"wait for it to finish, or {stop} and rerun to resume; if no "
+                             f"build is running, delete {path}")
+
+
+def _flock(fd: int) -> bool | None:
+    """Try to lock ``fd`` exclusively without waiting: taken, held elsewhere, or unsupported."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # no flock on this file system: the pid check alone decides
+        return None
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not released and recreated)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _is_stale(holder: dict[str, Any] | None, path: Path, flocked: bool | None) -> bool:
+    """Whether a lock's holder is gone.
+
+    On this host a live holder keeps its file ``flock``-ed, so a free flock means it is gone
+    even when its pid was reused (containers restart with the same pids); without flock, a
+    dead pid. A lock from another host is never taken over: its pid means nothing here.
+    """
+    if holder is None:  # a writer killed between creating the file and filling it
+        return time.time() - path.stat().st_mtime > _EMPTY_LOCK_GRACE_S
+    if holder.get("host") != socket.gethostname():
+        return False
+    if flocked:
+        return True
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _write_holder(fd: int) -> None:
+    """Fill the lock file with this process's pid, host and start time."""
+    content = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, content, 0)
+
+
+def _take_over(path: Path) -> int | None:
+    """Take a stale lock over: its fd, or ``None`` if it vanished meanwhile (try again)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        flocked = _flock(fd)
+        # flock serialises takeovers: of two builds that find the same stale lock, one wins
+        if flocked is False:
+            raise _lock_busy(path, _read_json_dict(path))
+        if not _same_file(fd, path):
+            os.close(fd)
+            return None
+        holder = _read_json_dict(path)
+        if not _is_stale(holder, path, flocked):
+            raise _lock_busy(path, holder)
+        _write_holder(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    return fd
+
+
+def _acquire_lock(store: Path) -> int:
+    """Create ``STORE/.geoplant-build.lock`` (``O_CREAT | O_EXCL``) or take a stale one over."""
+    path = store / LOCK_NAME
+    for _attempt in range(5):  # each retry follows a lock released under our feet
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        except FileExistsError:
+            taken = _take_over(path)
+            if taken is not None:
+                return taken
+            continue
+        _flock(fd)
+        _write_holder(fd)
+        return fd
+    raise _lock_busy(path, _read_json_dict(path))
+
+
+def _release_lock(store: Path, fd: int) -> None:
+    """Delete the lock file (if it is still ours), then close it (which drops the flock)."""
+    path = store / LOCK_NAME
+    with contextlib.suppress(OSError):
+        if _same_file(fd, path):
+            path.unlink()
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def _store_lock(store: Path) -> Iterator[None]:
+    """Hold the store's build lock for the ``with`` body, released on every way out."""
+    fd = _acquire_lock(store)
+    try:
+        yield
+    finally:
+        _release_lock(store, fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# the output folder
+
+
+def _check_out(store: Path, raw_root: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder that holds no store.
+
+    A store is a folder with ``manifest.json`` (complete) or ``_build/`` (interrupted);
+    ``overwrite`` replaces anything but the raw release itself.
+    """
+    if store.exists() and not store.is_dir():
+        raise GeoplantError("exists and is not a folder", path=store, fix="choose another --out")
+    if overwrite and (store == raw_root or store in raw_root.parents):
+        raise GeoplantError("--overwrite would delete the raw release", path=store,
+                            fix="choose an --out outside the release")
+    if overwrite or not store.is_dir():
+        return
+    entries = {p.name for p in store.iterdir()} - {LOCK_NAME}
+    if entries and not entries & {"manifest.json", "_build"}:
+        raise GeoplantError("folder is not empty and holds no geoplant store", path=store,
+                            fix="choose a new or empty --out, or pass --overwrite to replace "
+                                "what it holds")
+
+
+def _clear_out(store: Path) -> None:
+    """Delete what ``store`` holds, but the lock this build holds (``--overwrite``)."""
+    for entry in store.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _remove_leftovers(store: Path) -> None:
+    """Remove what killed builds left: their temporaries and zarr's partial chunks.
+
+    Run under the lock, so no other writer owns any of them.
+    """
+    if not (store / "_build").exists():
+        return  # a fresh or complete store: nothing of a killed build to find
+    remove_stale_temporaries(store)
+    for sub in ("cubes", "rasters.zarr"):
+        for partial in (store / sub).rglob("*.partial"):
+            if _ZARR_PARTIAL.search(partial.name):
+                partial.unlink(missing_ok=True)
+
+
 def _prepare_store(store: Path, settings: dict[str, Any]) -> None:
     """Create the store's folders, or resume an interrupted build made with the same settings.
 
     A complete store (a manifest and no ``_build/``) is never overwritten.
     """
-    if store.exists() and (store / "manifest.json").exists() and \
-            not (store / "_build").exists():
+    for trash in store.glob(f"{_DONE_PREFIX}*"):  # a finished build killed while tidying up
+        shutil.rmtree(trash, ignore_errors=True)
+    if (store / "manifest.json").exists() and not (store / "_build").exists():
         raise GeoplantError("a complete store already exists here", path=store,
-                            fix="choose another --out or delete it to rebuild")
-    try:
-        for sub in ("records", "cubes", "_build"):
-            (store / sub).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise GeoplantError(f"cannot write the store ({err.strerror or err})", path=store,
-                            fix="choose a writable --out") from None
+                            fix="choose another --out, or pass --overwrite to rebuild it")
+    _remove_leftovers(store)
+    for sub in ("_build", "records", "cubes"):  # _build first: it marks the folder a store
+        (store / sub).mkdir(parents=True, exist_ok=True)
     settings_file = store / "_build" / "settings.json"
-    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
+    saved = _read_json_dict(settings_file) if settings_file.exists() else None
+    if saved is not None and saved != settings:
         raise GeoplantError("an interrupted build with other settings is here", path=store,
-                            fix=f"rerun it with the same options ({settings_file.read_text()}) "
-                                "or delete the folder")
-    settings_file.write_text(json.dumps(settings))
+                            fix=f"rerun it with the same options ({json.dumps(saved)}), or "
+                                "pass --overwrite to start again")
+    atomic_write_text(settings_file, json.dumps(settings))
 
 
 def _split_modalities(raw: Any, split: str, modalities: Sequence[str] | None) -> list[str]:
@@ -212,18 +458,14 @@ def _geo_metadata(table: Any) -> dict[bytes, bytes]:
     return meta
 
 
-def _write_records(raw: Any, split: str, target: Path, skips: _Skips,
-                   progress: bool) -> tuple[np.ndarray, pd.Series]:
-    """Stream a split's metadata into GeoParquet; return its surveyIds and species counts."""
+def _stream_records(raw: Any, split: str, tmp: Path, skips: _Skips, progress: bool,
+                    problems: list[Any]) -> tuple[list[np.ndarray], pd.Series]:
+    """Write a split's metadata to the GeoParquet file ``tmp``, chunk by chunk."""
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
-    from geoplant.raw import RowProblem
-
-    problems: list[RowProblem] = []
     family = "metadata.po" if split == "po_train" else "metadata.pa"
     file = raw.describe(raw.location(family, split))
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     writer = None
     ids: list[np.ndarray] = []
     species_counts = pd.Series(dtype=np.int64)
@@ -245,16 +487,38 @@ def _write_records(raw: Any, split: str, target: Path, skips: _Skips,
     finally:
         if writer is not None:
             writer.close()
-    os.replace(tmp, target)
+    return ids, species_counts
+
+
+def _write_records(raw: Any, split: str, target: Path, skips: _Skips,
+                   progress: bool) -> tuple[np.ndarray, pd.Series]:
+    """Stream a split's metadata into GeoParquet; return its surveyIds and species counts."""
+    from geoplant.raw import RowProblem
+
+    problems: list[RowProblem] = []
+    streamed: list[tuple[list[np.ndarray], pd.Series]] = []
+    _write_store_file(target, lambda tmp: streamed.append(
+        _stream_records(raw, split, tmp, skips, progress, problems)))
+    ids, species_counts = streamed[0]
     for p in problems:
         skips.add(split, "record", p.problem, survey_id=p.survey_id, file=p.file, line=p.line)
     survey_ids = np.unique(np.concatenate(ids)) if ids else np.empty(0, np.int64)
     return survey_ids, species_counts.astype(np.int64)
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    # through a handle: np.save adds ".npy" to a temporary's name
+    with open(path, "wb") as handle:
+        np.save(handle, array)
+
+
 def _split_records(raw: Any, store: Path, split: str, skips: _Skips,
                    progress: bool) -> tuple[np.ndarray, pd.Series]:
-    """Write a split's records, or reload what an earlier run of this build finished."""
+    """Write a split's records, or reload what an earlier run of this build finished.
+
+    A split with skipped rows is not marked finished: a rerun reads it again, so a repaired
+    table is picked up instead of an old verdict.
+    """
     target = store / "records" / f"{split}.parquet"
     marker = store / "_build" / f"records-{split}.json"
     ids_file = marker.with_suffix(".npy")
@@ -262,14 +526,13 @@ def _split_records(raw: Any, store: Path, split: str, skips: _Skips,
         saved = json.loads(marker.read_text())
         species_counts = pd.Series(saved["species_counts"], dtype=np.int64)
         species_counts.index = species_counts.index.astype(np.int64)
-        skips.items += saved["skipped"]
         return np.load(ids_file), species_counts
     before = len(skips.items)
     ids, species_counts = _write_records(raw, split, target, skips, progress)
-    np.save(ids_file, ids)
-    atomic_write_bytes(marker, json.dumps({
-        "skipped": skips.items[before:],
-        "species_counts": {str(k): int(v) for k, v in species_counts.items()}}).encode())
+    if len(skips.items) == before:
+        atomic_write_with(ids_file, lambda tmp: _save_npy(tmp, ids))
+        atomic_write_bytes(marker, json.dumps({
+            "species_counts": {str(k): int(v) for k, v in species_counts.items()}}).encode())
     return ids, species_counts
 
 
@@ -362,13 +625,18 @@ def _template(split: str, survey_ids: np.ndarray, modalities: Sequence[str],
 
 def _block_task(raw: Any, cube_path: str, split: str, start: int, survey_ids: np.ndarray,
                 modalities: Sequence[str], env_values: np.ndarray | None,
-                marker: str) -> dict[str, Any]:
-    """Read one block of surveys' raw files and write them to their region of the Zarr store."""
+                marker: str, strict: bool = False) -> dict[str, Any]:
+    """Read one block of surveys' raw files and write them to their region of the Zarr store.
+
+    Under ``strict`` the first bad item raises. A block with a skipped item (or a survey
+    without env values) is not marked done, so a rerun reads it again.
+    """
     import zarr
 
     group = zarr.open_group(cube_path, mode="r+")
     stop = start + len(survey_ids)
     skipped: list[dict[str, Any]] = []
+    complete = True
     readers: dict[str, Callable[..., Any]] = {
         "sentinel2": raw.read_s2_jpegs, "sentinel2_tiff": raw.read_s2_tiffs,
         "landsat": raw.read_landsat_cubes, "climate": raw.read_climate_cubes,
@@ -376,18 +644,56 @@ def _block_task(raw: Any, cube_path: str, split: str, start: int, survey_ids: np
     for name in modalities:
         if name == "env":
             assert env_values is not None
+            valid = ~np.isnan(env_values).all(axis=1)
             cube_array(group, "env")[start:stop] = env_values
-            cube_array(group, "valid_env")[start:stop] = ~np.isnan(env_values).all(axis=1)
+            cube_array(group, "valid_env")[start:stop] = valid
+            complete &= bool(valid.all())
             continue
-        batch = readers[name](split, survey_ids, on_error="skip")
+        try:
+            batch = readers[name](split, survey_ids, on_error="raise" if strict else "skip")
+        except GeoplantError as bad:  # strict: stop at the first bad item
+            raise _strict_error(name, bad.problem, file=bad.path) from None
         cube_array(group, name)[start:stop] = batch.data
         cube_array(group, f"valid_{name}")[start:stop] = batch.ok
         for sid, err in sorted(batch.errors.items()):
             skipped.append({"split": split, "kind": name, "surveyId": int(sid),
                             "file": err.path, "line": None, "reason": err.problem})
-    result = {"start": start, "n": len(survey_ids), "skipped": skipped}
-    atomic_write_bytes(marker, json.dumps(result).encode())
+    result = {"split": split, "start": start, "n": len(survey_ids), "skipped": skipped}
+    if complete and not skipped:
+        atomic_write_bytes(marker, json.dumps(result).encode())
     return result
+
+
+def _template_key(survey_ids: np.ndarray, modalities: Sequence[str], env_columns: list[str],
+                  block_surveys: int) -> str:
+    """A digest of what a cube template is made from (its surveys, arrays and blocks)."""
+    digest = hashlib.sha256(np.ascontiguousarray(survey_ids, dtype=np.int64).tobytes())
+    digest.update(json.dumps([list(modalities), env_columns, block_surveys]).encode())
+    return digest.hexdigest()
+
+
+def _ensure_template(store: Path, split: str, survey_ids: np.ndarray,
+                     modalities: Sequence[str], env_columns: list[str],
+                     block_surveys: int) -> Path:
+    """Write a split's empty cube unless a complete one for the same surveys is there.
+
+    The template is marked complete (``_build/cube-<split>.json``) only after it is fully
+    written, so a build killed while writing it rewrites it on the next run; so does one whose
+    records changed (a repaired table), and then every block of the split is redone.
+    """
+    cube_path = store / "cubes" / f"{split}.zarr"
+    marker = store / "_build" / f"cube-{split}.json"
+    key = _template_key(survey_ids, modalities, env_columns, block_surveys)
+    done = _read_json_dict(marker) if marker.exists() else None
+    if done is not None and done.get("template") == key and (cube_path / "zarr.json").exists():
+        return cube_path
+    shutil.rmtree(cube_path, ignore_errors=True)
+    shutil.rmtree(store / "_build" / split, ignore_errors=True)  # blocks of an older template
+    ds, encoding = _template(split, survey_ids, modalities, env_columns, block_surveys)
+    ds.to_zarr(str(cube_path), mode="w", compute=False, zarr_format=3,
+               encoding=encoding, consolidated=False)
+    atomic_write_text(marker, json.dumps({"template": key}))
+    return cube_path
 
 
 def _plan_cube_blocks(raw: Any, store: Path, split: str, modalities: Sequence[str],
@@ -399,17 +705,14 @@ def _plan_cube_blocks(raw: Any, store: Path, split: str, modalities: Sequence[st
     """
     import dask
 
-    cube_path = store / "cubes" / f"{split}.zarr"
-    done_dir = store / "_build" / split
-    done_dir.mkdir(exist_ok=True)
     env_values: np.ndarray | None = None
     env_columns: list[str] = []
     if "env" in modalities:
         env_values, env_columns = _env_table(raw, split, survey_ids, skips)
-    if not (cube_path / "zarr.json").exists():
-        ds, encoding = _template(split, survey_ids, modalities, env_columns, block_surveys)
-        ds.to_zarr(str(cube_path), mode="w", compute=False, zarr_format=3,
-                   encoding=encoding, consolidated=False)
+    cube_path = _ensure_template(store, split, survey_ids, modalities, env_columns,
+                                 block_surveys)
+    done_dir = store / "_build" / split
+    done_dir.mkdir(exist_ok=True)
     tasks: list[Any] = []
     resumed = 0
     for start in range(0, len(survey_ids), block_surveys):
@@ -420,7 +723,8 @@ def _plan_cube_blocks(raw: Any, store: Path, split: str, modalities: Sequence[st
         block_ids = survey_ids[start : start + block_surveys]
         block_env = None if env_values is None else env_values[start : start + len(block_ids)]
         tasks.append(dask.delayed(_block_task, pure=False)(
-            raw, str(cube_path), split, start, block_ids, modalities, block_env, str(marker)))
+            raw, str(cube_path), split, start, block_ids, modalities, block_env, str(marker),
+            skips.strict))
     return tasks, resumed
 
 
@@ -438,35 +742,70 @@ def _plan_cubes(raw: Any, store: Path, cube_modalities: dict[str, list[str]],
     return tasks, resumed
 
 
-def _add_block_skips(store: Path, splits: Iterable[str], skips: _Skips) -> None:
-    """Count the skipped items of every block, finished now or in an earlier run."""
-    for split in splits:
-        for marker in sorted((store / "_build" / split).glob("block-*.json")):
-            for item in json.loads(marker.read_text())["skipped"]:
-                skips.add(**{k: item[k] for k in ("split", "kind", "reason")},
-                          survey_id=item["surveyId"], file=item["file"], line=item["line"])
+def _add_block_skips(results: list[dict[str, Any]], splits: Sequence[str],
+                     skips: _Skips) -> None:
+    """Count the skipped items of the blocks read now, in split and block order.
+
+    Blocks resumed from an earlier run had none: a block with skips is never marked done.
+    """
+    order = {split: i for i, split in enumerate(splits)}
+    for result in sorted(results, key=lambda r: (order[r["split"]], r["start"])):
+        for item in result["skipped"]:
+            skips.add(**{k: item[k] for k in ("split", "kind", "reason")},
+                      survey_id=item["surveyId"], file=item["file"], line=item["line"])
+
+
+def _run_distributed(tasks: list[Any], scheduler: str, desc: str,
+                     progress: bool) -> list[dict[str, Any]]:
+    """Compute tasks on a dask.distributed cluster; the first failure cancels the rest."""
+    from distributed import Client, as_completed
+    from tqdm.auto import tqdm
+
+    with Client(scheduler) as client:
+        futures = client.compute(tasks)
+        results = []
+        try:
+            for future in tqdm(as_completed(futures), total=len(futures), desc=desc,
+                               disable=not progress):
+                results.append(future.result())
+        except BaseException:
+            client.cancel(futures)
+            raise
+        return results
+
+
+def _compute_and_wait(tasks: Sequence[Any], workers: int | None) -> list[Any]:
+    """Compute dask objects on local threads; return only once no task runs any more.
+
+    On a failure dask raises at once while the other running tasks go on writing; waiting for
+    them keeps writes from outliving the build (and its lock) or racing a clean-up.
+    """
+    import dask
+    import dask.threaded
+
+    # dask's own pool class where it has one (it hands contextvars to the workers)
+    pool_type = getattr(dask.threaded, "ContextAwareThreadPoolExecutor", ThreadPoolExecutor)
+    pool = pool_type(workers or os.cpu_count())
+    try:
+        return list(dask.compute(*tasks, scheduler="threads", pool=pool))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_tasks(tasks: list[Any], scheduler: str | None, workers: int | None, desc: str,
                progress: bool) -> list[dict[str, Any]]:
-    """Compute dask delayed tasks with a progress bar, locally or on a distributed cluster."""
-    import dask
+    """Compute dask delayed tasks with a progress bar, locally or on a distributed cluster.
+
+    Locally, the first failure stops the run: dask submits no more tasks, and the blocks
+    already running are waited for, so nothing writes the store once this returns.
+    """
+    from dask.callbacks import Callback
     from tqdm.auto import tqdm
 
     if not tasks:
         return []
     if scheduler:
-        from distributed import Client, as_completed
-
-        with Client(scheduler) as client:
-            futures = client.compute(tasks)
-            results = []
-            for future in tqdm(as_completed(futures), total=len(futures), desc=desc,
-                               disable=not progress):
-                results.append(future.result())
-            return results
-    from dask.callbacks import Callback
-
+        return _run_distributed(tasks, scheduler, desc, progress)
     bar = tqdm(total=len(tasks), desc=desc, disable=not progress)
     keys = {t.key for t in tasks}
 
@@ -477,8 +816,7 @@ def _run_tasks(tasks: list[Any], scheduler: str | None, workers: int | None, des
 
     try:
         with _Bar():
-            return list(dask.compute(*tasks, scheduler="threads", num_workers=workers or
-                                     os.cpu_count()))
+            return _compute_and_wait(tasks, workers)
     finally:
         bar.close()
 
@@ -487,8 +825,39 @@ def _run_tasks(tasks: list[Any], scheduler: str | None, workers: int | None, des
 # rasters and sources
 
 
-def _write_rasters(raw: Any, target: Path, progress: bool, skips: _Skips) -> list[str]:
+def _write_raster(raw: Any, target: Path, name: str, skips: _Skips) -> bool:
+    """Copy one raster into ``rasters.zarr/<name>``; a damaged one is skipped (or fatal).
+
+    Opening is lazy: the pixels are read while copying, so the copy is what validates them.
+    """
     import xarray as xr
+
+    try:
+        array = raw.raster(name, chunks={"x": 512, "y": 512})
+    except GeoplantError as err:
+        skips.add("rasters", "raster", err.problem, file=err.path)
+        return False
+    ds = xr.Dataset({name: array.rename(None)})
+    ds[name].encoding = {}
+    ds = ds.chunk({"x": 512, "y": 512})
+    try:
+        _compute_and_wait([ds.to_zarr(str(target), group=name, mode="w", zarr_format=3,
+                                      consolidated=False, compute=False)], None)
+    except Exception as exc:
+        damaged = raw.raster_read_error(name, exc)
+        if damaged is None:  # not the raster's fault (e.g. a full disk): let it through
+            raise
+        shutil.rmtree(target / name, ignore_errors=True)  # what was copied before the damage
+        skips.add("rasters", "raster", damaged.problem, file=damaged.path)
+        return False
+    return True
+
+
+def _write_rasters(raw: Any, target: Path, progress: bool, skips: _Skips) -> list[str]:
+    """Copy every raster (resumable per raster); the names written, in layout order.
+
+    A skipped raster gets no marker, so a rerun tries it again.
+    """
     from tqdm.auto import tqdm
 
     done_dir = target.parent / "_build" / "rasters"
@@ -496,19 +865,10 @@ def _write_rasters(raw: Any, target: Path, progress: bool, skips: _Skips) -> lis
     written = []
     for name in tqdm(raw.raster_names(), desc="rasters", disable=not progress):
         marker = done_dir / f"{name}.done"
-        if marker.exists():
-            written.append(name)
-            continue
-        try:
-            array = raw.raster(name, chunks={"x": 512, "y": 512})
-        except GeoplantError as err:
-            skips.add("rasters", "raster", err.problem, file=err.path)
-            continue
-        ds = xr.Dataset({name: array.rename(None)})
-        ds[name].encoding = {}
-        ds = ds.chunk({"x": 512, "y": 512})
-        ds.to_zarr(str(target), group=name, mode="w", zarr_format=3, consolidated=False)
-        marker.write_text("done")
+        if not marker.exists():
+            if not _write_raster(raw, target, name, skips):
+                continue
+            atomic_write_text(marker, "done")
         written.append(name)
     return written
 
@@ -604,11 +964,83 @@ def _manifest(layout: str, raw_root: str, splits: list[str],
 
 
 def _write_manifest(store: Path, manifest: dict[str, Any]) -> None:
-    atomic_write_bytes(store / "manifest.json",
-                       (json.dumps(manifest, indent=1, default=_json_default) + "\n").encode())
+    text = json.dumps(manifest, indent=1, default=_json_default) + "\n"
+    _write_store_file(store / "manifest.json", lambda tmp: tmp.write_text(text))
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _os_error(err: OSError, store: Path) -> GeoplantError:
+    """An OS error during a build (disk full, permissions) as a one-line error."""
+    reason = err.strerror or str(err) or type(err).__name__
+    return GeoplantError(f"{reason} while building the store", path=err.filename or store,
+                         fix="free some space or make it writable, then rerun the same "
+                             "command: the build resumes where it stopped")
+
+
+async def _pending_writes_done() -> None:
+    me = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not me]
+    if pending:
+        await asyncio.wait(pending, timeout=_SETTLE_S)
+
+
+def _settle_zarr_writes() -> None:
+    """Wait for the chunk writes zarr still has in flight after one of them failed.
+
+    zarr writes a region's chunks concurrently on its own event loop; when one fails (a full
+    disk) the others run on. Waiting for them means nothing writes the store once the lock is
+    released, and asyncio prints no "Task was destroyed but it is pending!" at exit.
+    """
+    with contextlib.suppress(Exception):  # zarr.core.sync is internal: best effort
+        from zarr.core.sync import sync
+
+        sync(_pending_writes_done())
+
+
+def _finish(store: Path) -> None:
+    """Mark the store complete: ``_build`` renamed away in one step, then deleted."""
+    trash = store / f"{_DONE_PREFIX}{os.getpid()}"
+    os.replace(store / "_build", trash)
+    shutil.rmtree(trash)
+
+
+def _build_locked(raw: Any, store: Path, splits: list[str], modalities: Sequence[str] | None,
+                  scheduler: str | None, workers: int | None, skips: _Skips, rasters: bool,
+                  progress: bool, block_surveys: int,
+                  started: float) -> BuildSummary:
+    """Every phase of :func:`build`, once the store is locked and prepared."""
+    raw_path = str(Path(raw.root).absolute())
+    records = _build_records(raw, store, splits, skips, progress)
+    # PO records have no per-survey data: cubes are for the PA splits
+    cube_modalities = {s: _split_modalities(raw, s, modalities) for s in splits if s != "po_train"}
+    tasks, resumed = _plan_cubes(raw, store, cube_modalities, records.survey_ids, skips,
+                                 block_surveys)
+    phases = {"records": time.perf_counter() - started}  # planning the cubes counts here
+    with _timed(phases, "cubes"):
+        results = _run_tasks(tasks, scheduler, workers, "cube blocks", progress)
+    _add_block_skips(results, list(cube_modalities), skips)
+    with _timed(phases, "rasters"):
+        raster_names = _write_rasters(raw, store / "rasters.zarr", progress, skips) \
+            if rasters else []
+    with _timed(phases, "sources"):
+        sources = _source_entries(raw, splits, list(modalities or MODALITIES))
+
+    species = _species_table(records.species_counts)
+    _write_store_file(store / "species.parquet", lambda tmp: species.to_parquet(tmp, index=False))
+    counts = {**records.counts, "species": len(species), "rasters": len(raster_names)}
+    stats_written = "pa_train" in splits
+    manifest = _manifest(raw.layout, raw_path, splits, cube_modalities, block_surveys, counts,
+                         skips.items, raster_names, sources, stats_written)
+    _write_manifest(store, manifest)
+    if stats_written:
+        with _timed(phases, "stats"):
+            _write_statistics(store)
+    _finish(store)  # last: the store is complete
+    return BuildSummary(store, counts, skips.items, len(tasks), resumed,
+                        time.perf_counter() - started, {k: round(v, 2) for k, v in phases.items()},
+                        manifest)
 
 
 def build(
@@ -623,6 +1055,7 @@ def build(
     rasters: bool = True,
     progress: bool = True,
     block_surveys: int = BLOCK_SURVEYS,
+    overwrite: bool = False,
 ) -> BuildSummary:
     """Build a raw release into a store (resumable: rerun after an interruption).
 
@@ -631,7 +1064,8 @@ def build(
     raw_root
         Raw release folder (layout detected: ``glc24`` or ``geoplant``).
     out
-        Store folder to create or resume.
+        Store folder to create or resume. A non-empty folder that holds no store is refused
+        (unless ``overwrite``), and so is a complete store.
     splits
         Splits to build (default: all of the layout's).
     modalities
@@ -649,6 +1083,16 @@ def build(
         Show progress bars.
     block_surveys
         Surveys per block; a multiple of :data:`CHUNK_SURVEYS`.
+    overwrite
+        Delete what ``out`` holds (a store, complete or not, or any other files) and build
+        from scratch.
+
+    Raises
+    ------
+    GeoplantError
+        On bad input, on a store another build is writing (``STORE/.geoplant-build.lock``),
+        and on any OS error (disk full, permissions): one line naming the path; a rerun of
+        the same build resumes where it stopped.
     """
     from geoplant.raw import RawRelease
 
@@ -657,44 +1101,29 @@ def build(
         raise GeoplantError(f"block_surveys must be a positive multiple of {CHUNK_SURVEYS}, "
                             f"got {block_surveys}")
     raw = RawRelease(raw_root)
-    raw_path = str(Path(raw_root).absolute())
+    raw_path = Path(raw_root).absolute()
     store = Path(out).expanduser().absolute()
     splits = _check_request(raw, splits, modalities)
-    _prepare_store(store, {"raw": raw_path, "splits": splits,
-                           "modalities": list(modalities) if modalities else None,
-                           "block_surveys": block_surveys})
-    skips = _Skips(strict)
-
-    records = _build_records(raw, store, splits, skips, progress)
-    # PO records have no per-survey data: cubes are for the PA splits
-    cube_modalities = {s: _split_modalities(raw, s, modalities) for s in splits if s != "po_train"}
-    tasks, resumed = _plan_cubes(raw, store, cube_modalities, records.survey_ids, skips,
-                                 block_surveys)
-    phases = {"records": time.perf_counter() - started}  # planning the cubes counts here
-    with _timed(phases, "cubes"):
-        _run_tasks(tasks, scheduler, workers, "cube blocks", progress)
-    _add_block_skips(store, cube_modalities, skips)
-    with _timed(phases, "rasters"):
-        raster_names = _write_rasters(raw, store / "rasters.zarr", progress, skips) \
-            if rasters else []
-    with _timed(phases, "sources"):
-        sources = _source_entries(raw, splits, list(modalities or MODALITIES))
-
-    species = _species_table(records.species_counts)
-    species.to_parquet(store / "species.parquet", index=False)
-    counts = {**records.counts, "species": len(species), "rasters": len(raster_names)}
-    stats_written = "pa_train" in splits
-    manifest = _manifest(raw.layout, raw_path, splits, cube_modalities, block_surveys, counts,
-                         skips.items, raster_names, sources, stats_written)
-    _write_manifest(store, manifest)
-    if stats_written:
-        with _timed(phases, "stats"):
-            _write_statistics(store)
-    shutil.rmtree(store / "_build")  # last: the store is complete
-    raw.close()
-    return BuildSummary(store, counts, skips.items, len(tasks), resumed,
-                        time.perf_counter() - started, {k: round(v, 2) for k, v in phases.items()},
-                        manifest)
+    _check_out(store, raw_path, overwrite)
+    settings = {"raw": str(raw_path), "splits": splits,
+                "modalities": list(modalities) if modalities else None,
+                "block_surveys": block_surveys}
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        with _store_lock(store):
+            if overwrite:
+                _clear_out(store)
+            _prepare_store(store, settings)
+            try:
+                return _build_locked(raw, store, splits, modalities, scheduler, workers,
+                                     _Skips(strict), rasters, progress, block_surveys, started)
+            except BaseException:
+                _settle_zarr_writes()  # before the lock goes: no write may outlive it
+                raise
+    except OSError as err:
+        raise _os_error(err, store) from None
+    finally:
+        raw.close()
 
 
 def configure_parser(parser: Any) -> None:
@@ -710,6 +1139,8 @@ def configure_parser(parser: Any) -> None:
     parser.add_argument("--strict", action="store_true", help="fail on the first bad item")
     parser.add_argument("--no-rasters", action="store_true", help="skip the raster conversion")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete what --out holds (a store or other files) and build anew")
 
 
 def run(args: Any) -> int:
@@ -722,7 +1153,8 @@ def run(args: Any) -> int:
                                 "`geoplant sample`")
     summary = build(args.raw, args.out, splits=args.splits, modalities=args.modalities,
                     scheduler=args.scheduler, workers=args.workers, strict=args.strict,
-                    rasters=not args.no_rasters, progress=not args.quiet)
+                    rasters=not args.no_rasters, progress=not args.quiet,
+                    overwrite=args.overwrite)
     counts = ", ".join(f"{k}={v:,}" for k, v in summary.counts.items())
     print(f"built {summary.store} in {summary.seconds:.1f} s ({summary.blocks_done} blocks, "
           f"{summary.blocks_resumed} resumed): {counts}")

@@ -24,6 +24,10 @@ if TYPE_CHECKING:  # annotations only: `import geoplant.store` stays light
     import zarr
 
 
+#: Keys every store manifest has (what :meth:`Store.info` and the readers rely on).
+_MANIFEST_KEYS = ("format", "created_by", "layout", "splits", "modalities", "counts", "skipped")
+
+
 @dataclass(frozen=True)
 class Labels:
     """Presence labels of a split.
@@ -68,8 +72,25 @@ class Store:
                     else "build one with `geoplant build RAW --out STORE`")
             raise GeoplantError("not a geoplant store (no manifest.json)", path=self.path,
                                 fix=hint)
-        with self._fs.open(manifest, "r") as handle:
-            self.manifest: dict[str, Any] = json.load(handle)
+        self.manifest: dict[str, Any] = self._read_manifest(manifest)
+
+    def _read_manifest(self, manifest: str) -> dict[str, Any]:
+        """``manifest.json``, checked: a damaged one is a one-line error, not a traceback."""
+        fix = "rebuild the store: `geoplant build RAW --out STORE --overwrite`"
+        try:
+            with self._fs.open(manifest, "rb") as handle:
+                content = json.loads(handle.read().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+            raise GeoplantError(f"damaged manifest.json ({err})", path=manifest,
+                                fix=fix) from None
+        except OSError as err:
+            raise GeoplantError(f"cannot read manifest.json ({err.strerror or err})",
+                                path=manifest, fix="check the store's permissions") from None
+        missing = [k for k in _MANIFEST_KEYS if not isinstance(content, dict) or k not in content]
+        if missing:
+            raise GeoplantError(f"damaged manifest.json (no {', '.join(missing)})",
+                                path=manifest, fix=fix)
+        return content
 
     def __repr__(self) -> str:
         counts = self.manifest.get("counts", {})

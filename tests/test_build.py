@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from geoplant import layouts
-from geoplant.build import build
+from geoplant.build import LOCK_NAME, build
 from geoplant.raw import RawRelease
 from geoplant.store import open_store
 
@@ -39,6 +40,61 @@ def geoplant_store(geoplant_tiny: Path, tmp_path_factory: pytest.TempPathFactory
 def tree_digest(root: Path, *subdirs: str) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for sub in subdirs for p in sorted((root / sub).rglob("*")) if p.is_file()}
+
+
+def store_digest(root: Path) -> dict[str, str]:
+    """Every file of a store (hidden ones too) by content; stats.json without its timestamp."""
+    out = tree_digest(root, ".")
+    stats = json.loads((root / "stats.json").read_text())
+    stats.pop("created", None)
+    out["stats.json"] = json.dumps(stats, sort_keys=True)
+    return out
+
+
+#: Runs a build in a subprocess whose ``os.replace`` (every atomic write of the kit and every
+#: zarr chunk or metadata write) acts at the Nth write whose target contains WHERE:
+#: ``kill-before`` / ``kill-after`` (os._exit(137) before or after that write), ``sigint``
+#: (Ctrl-C then), ``pause`` (touch $PAUSED, wait for $GO). Then either ``build(**KWARGS_JSON)``
+#: or, after ``--``, the ``geoplant`` command line.
+HOOKED_BUILD = r"""
+import json, os, signal, sys, time
+where, nth, action = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+real, seen = os.replace, [0]
+
+def replace(src, dst, *args, **kwargs):
+    if where in os.fspath(dst):
+        seen[0] += 1
+        if seen[0] == nth:
+            if action == "kill-after":
+                real(src, dst, *args, **kwargs)
+            if action.startswith("kill"):
+                os._exit(137)
+            if action == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)
+            if action == "pause":
+                open(os.environ["PAUSED"], "w").close()
+                while not os.path.exists(os.environ["GO"]):
+                    time.sleep(0.02)
+    return real(src, dst, *args, **kwargs)
+
+os.replace = replace
+if sys.argv[4] == "--":
+    from geoplant.cli import main
+    sys.exit(main(sys.argv[5:]))
+from geoplant.build import LOCK_NAME, build
+build(**json.loads(sys.argv[4]))
+"""
+
+
+def run_hooked(where: str, nth: int, action: str, *args: str, wait: bool = True,
+               env: dict[str, str] | None = None) -> Any:
+    """Run :data:`HOOKED_BUILD`; the CompletedProcess (or the Popen when not ``wait``)."""
+    cmd = [sys.executable, "-c", HOOKED_BUILD, where, str(nth), action, *args]
+    full_env = {**os.environ, **(env or {})}
+    if not wait:
+        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("layout", layouts.LAYOUTS)
@@ -155,6 +211,51 @@ def test_resume_after_kill_9_equals_an_uninterrupted_build(glc24_tiny: Path, glc
     assert tree_digest(out, "cubes", "records", "rasters.zarr") == \
         tree_digest(reference, "cubes", "records", "rasters.zarr")
     assert not (out / "_build").exists()
+
+
+#: Where the resume test kills a build, in build order: (target contains, Nth write, action).
+KILL_POINTS = [
+    ("settings.json", 1, "kill-before"),
+    ("records/pa_train.parquet", 1, "kill-after"),  # records written, not marked
+    ("pa_train.zarr", 2, "kill-after"),  # inside the template: its first zarr.json is there
+    ("pa_train.zarr", 6, "kill-before"),  # inside the template again
+    ("cube-pa_train.json", 1, "kill-before"),  # template written, not marked complete
+    ("/block-", 2, "kill-after"),  # two blocks done
+    ("sentinel2/c/", 30, "kill-before"),  # inside a block
+    ("rasters.zarr", 40, "kill-after"),  # inside a raster
+    ("_build/rasters/", 12, "kill-before"),  # a raster written, not marked
+    ("manifest.json", 1, "kill-after"),  # manifest written, statistics not
+    ("._build.tmp-", 1, "kill-before"),  # everything written, _build not yet removed
+]
+
+
+def test_resume_after_kills_at_many_points_equals_an_uninterrupted_build(
+        glc24_tiny: Path, glc24_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "store"
+    kwargs = json.dumps({"raw_root": str(glc24_tiny), "out": str(out), "progress": False,
+                         "workers": 1, "block_surveys": 256})
+    for where, nth, action in KILL_POINTS:  # each run resumes the last one, then is killed
+        killed = run_hooked(where, nth, action, kwargs)
+        assert killed.returncode == 137, (where, killed.stderr[-2000:])
+        assert (out / "_build").exists() and LOCK_NAME in os.listdir(out)  # a stale lock
+    summary = build(glc24_tiny, out, progress=False, workers=1, block_surveys=256)
+    assert summary.blocks_resumed == 5  # 950/256 + 50/256 blocks, all done before
+    assert store_digest(out) == store_digest(glc24_store)  # no leftover temporary either
+
+
+def test_ctrl_c_in_a_cube_template_then_a_rerun_finishes(glc24_tiny: Path, glc24_store: Path,
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "store"
+    args = ("--", "build", str(glc24_tiny), "--out", str(out), "--quiet", "--workers", "1")
+    stopped = run_hooked("pa_train.zarr", 2, "sigint", *args)
+    assert stopped.returncode == 130 and "interrupted; rerun to resume" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and not (out / LOCK_NAME).exists()
+    rerun = subprocess.run([sys.executable, "-m", "geoplant.cli", *args[1:]],
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    reference = tree_digest(glc24_store, "records")
+    assert tree_digest(out, "records") == reference
+    assert open_store(out).cube("pa_train")["valid_sentinel2"].values.all()
 
 
 def test_bad_items_are_skipped_counted_and_listed(glc24_tiny: Path, tmp_path: Path) -> None:

@@ -93,6 +93,22 @@ def test_normalization_is_exposed_read_only(loader_store: Path, loader_stats: di
                             in_memory=False).normalization == {}
 
 
+def test_modalities_one_name_many_or_none(loader_store: Path,
+                                          loader_stats: dict[str, Any]) -> None:
+    one = gt.SurveyDataset(loader_store, "pa_train", "env", stats=loader_stats, in_memory=False)
+    assert one.modalities == ("env",)
+    assert set(one.get_batch([0])) == {"env", "labels", "surveyId"}
+    assert gt.SurveyDataset(loader_store, "pa_train", ["landsat", "env"], stats=loader_stats,
+                            in_memory=False).modalities == ("landsat", "env")
+    assert gt.SurveyDataset(loader_store, "pa_train", None, stats=loader_stats,
+                            in_memory=False).modalities == tuple(MODS)
+    for empty in ((), []):
+        with pytest.raises(GeoplantError, match="no modality given"):
+            gt.SurveyDataset(loader_store, "pa_train", empty)
+    with pytest.raises(GeoplantError, match="no modality surveyId"):
+        gt.SurveyDataset(loader_store, "pa_train", "surveyId")  # an array, not a modality
+
+
 def test_missing_stats_are_computed_from_train(loader_store: Path, tmp_path: Path) -> None:
     copy = tmp_path / "store"
     shutil.copytree(loader_store, copy)

@@ -587,6 +587,32 @@ class RawRelease:
         da.name = name
         return da
 
+    def raster_read_error(self, name: str, exc: BaseException) -> GeoplantError | None:
+        """The error to report when reading raster ``name`` raised ``exc``, or ``None``.
+
+        :meth:`raster` opens lazily: a damaged member of a raster archive only fails when its
+        pixels are read (e.g. while a build copies it). Callers that force the read wrap it
+        and ask here whether the exception means a damaged raster (rasterio / GDAL errors)
+        rather than a problem on the writing side, which they should let through.
+        """
+        from rasterio._err import CPLE_BaseError
+        from rasterio.errors import RasterioError
+
+        if not isinstance(exc, RasterioError | CPLE_BaseError):
+            return None
+        # rasterio's own message is "see previous exception": GDAL's causes say what failed
+        causes: list[str] = []
+        cause: BaseException | None = exc
+        while cause is not None and len(causes) < 4:
+            text = " ".join(str(cause).split())
+            if text and "previous exception" not in text:
+                causes.append(text)
+            cause = cause.__cause__ or cause.__context__
+        reason = "; ".join(causes[-2:]) or type(exc).__name__
+        return GeoplantError(f"cannot read raster ({reason})",
+                             path=self.describe(self.location(f"raster.{name}")),
+                             fix="re-download the raster archive")
+
     # -- consistency ------------------------------------------------------------------------
 
     def _scan_survey_files(self, family: str, split: str) -> tuple[str, dict[int, int]]:

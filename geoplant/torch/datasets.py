@@ -141,6 +141,28 @@ class _ChunkCache:
         return item
 
 
+def _requested_modalities(modalities: str | Sequence[str] | None, available: Sequence[str],
+                          split: str, path: str) -> tuple[str, ...]:
+    """The modalities a dataset returns: all by default; one name is a one-element tuple.
+
+    Raises
+    ------
+    GeoplantError
+        If none is given (an empty sequence) or one is not in the split's cube.
+    """
+    if modalities is None:
+        return tuple(available)
+    chosen = (modalities,) if isinstance(modalities, str) else tuple(modalities)
+    if not chosen:
+        raise GeoplantError("no modality given", path=path,
+                            fix=f"pass some of {list(available)}, or None for all of them")
+    missing = [m for m in chosen if m not in available]
+    if missing:
+        raise GeoplantError(f"split {split!r} has no modality {', '.join(missing)}",
+                            path=path, fix=f"use some of {list(available)}")
+    return chosen
+
+
 class SurveyDataset(Dataset[Sample]):
     """Surveys of a split as dicts of tensors, read in batches straight from the store.
 
@@ -161,7 +183,8 @@ class SurveyDataset(Dataset[Sample]):
     split
         e.g. ``"pa_train"`` or ``"pa_test"``.
     modalities
-        Which of the split's modalities to return (default: all of them).
+        Which of the split's modalities to return: names, or one name (default ``None``: all
+        of them; an empty sequence is an error).
     transforms
         Callable applied to each sample dict (e.g.
         :class:`~geoplant.torch.transforms.RandomFlipRotate`). With transforms, batches are
@@ -192,7 +215,7 @@ class SurveyDataset(Dataset[Sample]):
         self,
         store: Store | str | os.PathLike[str],
         split: str,
-        modalities: Sequence[str] | None = None,
+        modalities: str | Sequence[str] | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
         normalize: bool = True,
         *,
@@ -206,12 +229,8 @@ class SurveyDataset(Dataset[Sample]):
         self.store = open_store(store)
         self.split = split
         group = self.store.cube_group(split)
-        available = self.store.modalities(split)
-        self.modalities: tuple[str, ...] = tuple(modalities or available)
-        missing = [m for m in self.modalities if m not in group]
-        if missing:
-            raise GeoplantError(f"split {split!r} has no modality {', '.join(missing)}",
-                                path=self.store.path, fix=f"use some of {available}")
+        self.modalities: tuple[str, ...] = _requested_modalities(
+            modalities, self.store.modalities(split), split, self.store.path)
         self.transforms = transforms
         self.normalize = normalize
         self.return_mask = return_mask
