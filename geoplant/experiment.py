@@ -148,7 +148,7 @@ def fit_torch(store: Store, plan: Plan, modalities: list[str], *, epochs: int = 
     """
     from geoplant.models import MultimodalSDM
     from geoplant.torch import SurveyDataset
-    from geoplant.train import TrainConfig, fit, predict
+    from geoplant.train import TrainConfig, fit, predict, seed_everything
 
     species = store.species["speciesId"].to_numpy(np.int64)
     kwargs: dict[str, Any] = {"num_workers": num_workers}
@@ -157,6 +157,7 @@ def fit_torch(store: Store, plan: Plan, modalities: list[str], *, epochs: int = 
     train = SurveyDataset(store, "pa_train", modalities, survey_ids=plan.train_ids)
     val = SurveyDataset(store, "pa_train", modalities, survey_ids=plan.val_ids)
     test = SurveyDataset(store, plan.test_split, modalities, survey_ids=plan.test_ids)
+    seed_everything(seed)  # fit() seeds too late: the initial weights come from here
     model = MultimodalSDM(modalities, len(species), encoder_kwargs=encoder_kwargs,
                           prior=_frequency(store, plan.train_ids))
     config = TrainConfig(epochs=epochs, lr=lr, loss=loss, seed=seed, metric="f1_threshold",
