@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 TMP_MARK: Final = ".tmp-"
 _READ_BLOCK: Final = 1 << 20
+_O_BINARY: Final = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 __all__ = [
     "TMP_MARK",
@@ -39,15 +40,36 @@ def join_path(base: str, *parts: str) -> str:
 
 @contextlib.contextmanager
 def _temporary_beside(path: Path) -> Iterator[Path]:
-    """A temporary file beside ``path``; removed unless it was renamed into place."""
+    """A temporary file beside ``path``; removed unless it was renamed into place.
+
+    Created with mode ``0o666`` less the umask, as ``open()`` would create ``path`` itself
+    (``tempfile.mkstemp`` makes 0600 files, which the rename would carry to ``path``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}{os.getpid()}-")
-    os.close(fd)
+    tmp = _create_temporary(path)
     try:
         yield Path(tmp)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _create_temporary(path: Path) -> str:
+    """Create ``.<name>.tmp-<pid>-<random>`` beside ``path`` (exclusively) and return it.
+
+    ``os.open`` with mode ``0o666`` lets the kernel apply the umask: reading the umask
+    (``os.umask`` sets it to read it) is process-wide and would race with other threads.
+    """
+    prefix = f".{path.name}{TMP_MARK}{os.getpid()}-"
+    for _ in range(100):
+        tmp = os.path.join(path.parent, prefix + secrets.token_hex(4))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")  # pragma: no cover
 
 
 def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], Any], *,

@@ -6,8 +6,12 @@ Not a test module: the ``test_download*.py`` files import it as ``from local_htt
 ``ddp_script``).
 
 ``LocalServer`` serves ``files`` (URL path -> bytes) over HTTP/1.1 with ``Range: bytes=N-``
-(206, 416 past the end), logs every request, and can fault once per path: ``cut`` drops the
-connection after some bytes of the body, ``corrupt`` flips one byte of the next body. Test
+(206, 416 past the end) and ``If-Range`` (the whole file when the validator is not the current
+``ETag`` or ``Last-Modified`` of ``headers``, unless ``ignore_if_range``), logs every request,
+and can fault once per path: ``cut`` drops the connection after some bytes of the body,
+``corrupt`` flips one byte of the next body. Paths in ``no_length`` are sent without
+``Content-Length`` (until the connection closes); with ``digest`` every response carries the
+file's md5 the way Google Cloud Storage (where Kaggle downloads come from) sends it. Test
 files extend it where their servers differ: ``resolve`` maps a request target to the served
 path (other URL forms), ``handle_post`` answers POSTs (API routes). ``MirrorServer`` adds the
 Kaggle API routes; ``make_release`` publishes a small release in the glc24 layout on it and
@@ -16,6 +20,7 @@ writes its catalog.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -23,6 +28,7 @@ import os
 import random
 import re
 import socket
+import sys
 import threading
 import urllib.parse
 import zipfile
@@ -77,8 +83,9 @@ class Handler(BaseHTTPRequestHandler):
         srv = self.owner
         path = srv.resolve(self.path)
         asked = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
         entry: dict[str, Any] = {"method": "GET", "path": path, "raw": self.path,
-                                 "range": asked, "status": 404, "sent": 0,
+                                 "range": asked, "if_range": if_range, "status": 404, "sent": 0,
                                  "auth": self.headers.get("Authorization")}
         srv.log.append(entry)
         data = srv.files.get(path)
@@ -86,6 +93,9 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(404, b"not found")
             return
         start, status = 0, 200
+        current = (srv.headers.get("ETag"), srv.headers.get("Last-Modified"))
+        if if_range is not None and if_range not in current and not srv.ignore_if_range:
+            asked = None  # another version than the client has: send the whole file
         if asked:
             match = re.fullmatch(r"bytes=(\d+)-", asked)
             assert match, f"unsupported Range {asked!r}"
@@ -100,11 +110,17 @@ class Handler(BaseHTTPRequestHandler):
             body[len(body) // 2] ^= 0xFF
         entry["status"] = status
         self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
+        if path in srv.no_length:
+            self.close_connection = True  # the body ends when the connection closes
+        else:
+            self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", srv.content_type)
         for name, value in srv.headers.items():
             self.send_header(name, value)
+        if srv.digest:
+            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+            self.send_header("x-goog-hash", f"crc32c=AAAAAA==,md5={md5}")
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.end_headers()
@@ -131,6 +147,14 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class _Server(ThreadingHTTPServer):
+    """Quiet about clients that hang up mid-body (a refused download does)."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class LocalServer:
     """Threaded HTTP/1.1 server on 127.0.0.1 (a free port) with Range support, a request log
     (one dict per request: method, path, raw target, range, status, bytes sent, auth) and
@@ -142,9 +166,12 @@ class LocalServer:
         self.log: list[dict[str, Any]] = []
         self.cut: dict[str, int] = {}  # path -> bytes sent before the connection drops, once
         self.corrupt: set[str] = set()  # paths whose next body has one flipped byte
+        self.no_length: set[str] = set()  # paths sent without Content-Length
+        self.digest = False  # send x-goog-hash: md5=... (the whole file's) with every body
+        self.ignore_if_range = False  # answer Range even when If-Range names another version
         self.content_type = content_type
         self.headers = dict(headers or {})
-        self.httpd = ThreadingHTTPServer((LOCALHOST, 0), Handler)
+        self.httpd = _Server((LOCALHOST, 0), Handler)
         self.httpd.owner = self  # type: ignore[attr-defined]
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -284,3 +311,12 @@ def make_release(server: MirrorServer, root: Path) -> tuple[Path, dict[str, byte
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(catalog, sort_keys=False))
     return path, files
+
+
+def set_part(catalog: Path, name: str, **fields: Any) -> None:
+    """Change fields of part ``name`` in the catalog YAML ``catalog`` (e.g. an approximate
+    ``size`` with ``size_approx=True``)."""
+    data = yaml.safe_load(catalog.read_text())
+    part = next(p for p in data["parts"] if p["name"] == name)
+    part.update(fields)
+    catalog.write_text(yaml.safe_dump(data, sort_keys=False))

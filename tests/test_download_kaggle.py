@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from local_http import MirrorServer, isolate, make_release, sha, zip_bytes
+from local_http import MirrorServer, isolate, make_release, set_part, sha, zip_bytes
 
 from geoplant import cli
 from geoplant.catalog import load_catalog
@@ -143,3 +144,60 @@ def test_kaggle_download_through_the_real_client(release, server: MirrorServer,
     assert proc.returncode == 0, proc.stderr
     assert len(server.log) == n  # re-run: nothing fetched, Kaggle not even asked
     assert "fetched this run: 0 B" in proc.stdout
+
+
+def _kaggle_in_process(monkeypatch: pytest.MonkeyPatch, server: MirrorServer) -> None:
+    """The real kaggle client in this process, talking to ``server`` (as in the subprocess
+    test above: LOCALHOST API through HTTP_PROXY)."""
+    for name, value in {"KAGGLE_API_ENVIRONMENT": "LOCALHOST", "KAGGLE_USERNAME": "alice",
+                        "KAGGLE_KEY": "s3cret", "HTTP_PROXY": server.url,
+                        "http_proxy": server.url, "NO_PROXY": "", "no_proxy": ""}.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_kaggle_size_far_from_the_catalog_is_refused_before_downloading(
+        release, server: MirrorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog, files = release
+    path = "GLC24_PA_metadata_train.csv"
+    server.files["/files/" + path] = files[path]
+    set_part(catalog, "meta-pa-train", size=50 * len(files[path]), size_approx=True)
+    _kaggle_in_process(monkeypatch, server)
+    dest = tmp_path / "dest"
+    with pytest.raises(GeoplantError) as info:
+        download(["meta-pa-train"], dest=dest, catalog=catalog, source="kaggle", progress=False)
+    message = str(info.value)
+    assert "part 'meta-pa-train': Kaggle announces" in message
+    assert f"{len(files[path])} bytes" in message and "nothing was downloaded" in message
+    assert "--accept-size" in message
+    assert not (dest / path).exists() and not (dest / (path + ".part")).exists()
+    assert not any(p.is_file() for p in (dest / ".geoplant").rglob("*"))  # no staged bytes
+    assert not (dest / LOCK_FILE).exists()
+
+    report = download(["meta-pa-train"], dest=dest, catalog=catalog, source="kaggle",
+                      accept_size=True, progress=False)
+    assert report.parts[0].status == "downloaded"
+    entry = json.loads((dest / LOCK_FILE).read_text())["files"][path]
+    assert entry["size_accepted"] is True and entry["source_size"] == len(files[path])
+
+
+def test_kaggle_corrupt_file_is_caught_by_the_storage_digest_and_deleted(
+        release, server: MirrorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No sha256 in the catalog: the md5 the storage behind Kaggle sends (``x-goog-hash``)
+    catches a flipped byte; the message says the file was deleted, and it was."""
+    catalog, files = release
+    path = "GLC24_PA_metadata_train.csv"
+    server.files["/files/" + path] = files[path]
+    server.digest = True
+    server.corrupt.add("/files/" + path)
+    _kaggle_in_process(monkeypatch, server)
+    dest = tmp_path / "dest"
+    with pytest.raises(GeoplantError, match=r"failed its check \(md5 .*\) and was deleted"):
+        download(["meta-pa-train"], dest=dest, catalog=catalog, source="kaggle", progress=False)
+    assert not (dest / path).exists() and not (dest / (path + ".part")).exists()
+    assert not (dest / LOCK_FILE).exists()
+
+    download(["meta-pa-train"], dest=dest, catalog=catalog, source="kaggle", progress=False)
+    assert (dest / path).read_bytes() == files[path]
+    entry = json.loads((dest / LOCK_FILE).read_text())["files"][path]
+    assert entry["source_size"] == len(files[path]) and entry["etag"] == '"v1"'
+    assert entry["md5"] == hashlib.md5(files[path]).hexdigest()

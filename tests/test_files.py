@@ -76,3 +76,19 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> None:
     keep.write_text("z")
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert live.exists() and keep.exists() and not stale.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_writes_get_the_umask_mode_not_0600(tmp_path: Path, umask: int) -> None:
+    """``mkstemp`` makes 0600 temporaries, and the rename used to carry that to the target
+    (the download lock file came out 0600): files get ``0o666 & ~umask`` like ``open()``."""
+    old = os.umask(umask)
+    try:
+        written = [atomic_write_text(tmp_path / "lock.json", "{}"),
+                   atomic_write_bytes(tmp_path / "sub" / "a.bin", b"x", fsync=True),
+                   atomic_write_with(tmp_path / "b.bin", lambda p: p.write_bytes(b"y"))]
+        (tmp_path / "plain.txt").write_text("z")  # what open() gives, for comparison
+    finally:
+        os.umask(old)
+    for path in [*written, tmp_path / "plain.txt"]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path

@@ -7,15 +7,20 @@ What a run does, part by part (parts come from `geoplant.catalog`):
 2. A part present in DEST and verified is skipped. Verified means: its sha256 matches the
    catalog, or else the one recorded in ``DEST/geoplant.lock.json`` by the run that fetched it
    (a size + mtime match with the lock skips re-hashing; ``verify=True`` forces it); with no
-   checksum at all, an exact catalog size.
+   checksum at all, an exact catalog size. A file whose size is not the size its source
+   announced (recorded in the lock), or is far from an approximate catalog size (outside
+   0.5x-2x, unless accepted with ``accept_size``), is never present.
 3. Otherwise it is fetched: through the ``kaggle`` package's Python API (no prompt, no shell),
-   or over HTTP(S) with streaming, ``Range`` resume of an interrupted ``.part`` file, retries
-   with exponential backoff, sha256 computed while streaming, size/checksum verification and
-   an atomic rename. Files are fetched in parallel (``jobs``).
+   or over HTTP(S) with streaming, ``Range`` + ``If-Range`` resume of an interrupted ``.part``
+   file, retries with exponential backoff, sha256 computed while streaming, an atomic rename.
+   Each file is checked against the catalog (sha256, exact size, approximate size band) and
+   what the source announced (``Content-Length``/``Content-Range`` size, ETag, the storage's
+   md5), and recorded with the latter. Files are fetched in parallel (``jobs``).
 4. With ``extract=True`` archives (multi-volume too) are unzipped once; a marker in
    ``DEST/.geoplant/extracted/`` records each finished extraction, so re-runs skip it.
 
 Modules: ``plan`` (which source serves each part, URLs), ``mount`` (``/kaggle/input``),
+``expect`` (what a file must be: catalog checks, what the source announced, the size band),
 ``lockfile`` (the lock file, present/verified checks), ``http`` and ``kaggle`` (fetching),
 ``extract`` (unzipping), ``report`` (results), ``core`` (`download`), ``cli`` (the command).
 No third-party package loads on import: ``requests``, ``tqdm`` and ``kaggle`` load when needed.

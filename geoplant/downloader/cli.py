@@ -52,6 +52,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="files fetched in parallel (default: 4)")
     parser.add_argument("--verify", action="store_true",
                         help="re-hash present files instead of trusting the lock file")
+    parser.add_argument("--accept-size", action="store_true",
+                        help="accept a file whose size is far from the catalog's approximate "
+                             "size (outside 0.5x-2x of it); exact sizes and checksums still "
+                             "apply")
     parser.add_argument("--retries", type=int_at_least(0), default=5, metavar="N",
                         help="HTTP retries per file (default: 5)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -62,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     report = download(
         args.parts or None, dest=args.dest, release=args.release, source=args.source,
         mirror=args.mirror, dry_run=args.dry_run, extract=args.extract, jobs=args.jobs,
-        verify=args.verify, retries=args.retries, progress=not args.no_progress,
-        catalog=args.catalog,
+        verify=args.verify, accept_size=args.accept_size, retries=args.retries,
+        progress=not args.no_progress, catalog=args.catalog,
     )
     if report.dry_run:
         print(f"release {report.release} -> {report.dest} (dry run: nothing fetched)")

@@ -18,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from geoplant.downloader.expect import Expected, Remote
 from geoplant.downloader.extract import extract_part
 from geoplant.downloader.http import fetch_http, open_session
 from geoplant.downloader.kaggle import fetch_kaggle, kaggle_api, kaggle_credentials_present
-from geoplant.downloader.lockfile import LockFile, check_file
+from geoplant.downloader.lockfile import LockEntry, LockFile, check_file
 from geoplant.downloader.mount import link_mounted
 from geoplant.downloader.plan import SOURCES, PartPlan, SourceChoice, plan_part
 from geoplant.downloader.report import DownloadReport, FileResult, PartResult, human_size
@@ -46,6 +47,7 @@ def download(
     jobs: int = 4,
     *,
     verify: bool = False,
+    accept_size: bool = False,
     retries: int = 5,
     backoff: float = 1.0,
     timeout: float = 60.0,
@@ -77,6 +79,9 @@ def download(
         Files fetched in parallel.
     verify
         Re-hash present files instead of trusting a size + mtime match with the lock file.
+    accept_size
+        Accept a file whose size is far from the catalog's approximate size (outside
+        `geoplant.downloader.expect.SIZE_BAND`); exact sizes and checksums still apply.
     retries, backoff, timeout
         HTTP retries per file, first backoff in seconds (doubling), socket timeout in seconds.
     progress
@@ -93,7 +98,8 @@ def download(
     ------
     GeoplantError
         Unknown part or release, unwritable destination, missing Kaggle credentials, a file
-        that stays corrupt or unreachable after the retries.
+        that stays corrupt or unreachable after the retries, a size the source announces or
+        sends that the catalog rules out.
     """
     _check_arguments(source, jobs, mirror)
     cat = _load_catalog(catalog, release)
@@ -109,7 +115,8 @@ def download(
     lock = LockFile(dest_path, cat.release, write=not dry_run)
 
     plans = [plan_part(cat, p, source, mirror) for p in selected]
-    needs_kaggle = _check_present(plans, dest_path, lock, verify=verify)
+    needs_kaggle = _check_present(plans, dest_path, lock, verify=verify,
+                                  accept_size=accept_size)
     creds = kaggle_credentials_present() if needs_kaggle else None
     if dry_run:
         return DownloadReport(cat.release, dest_path, True, [_dry_result(p) for p in plans],
@@ -117,7 +124,7 @@ def download(
 
     api = kaggle_api() if needs_kaggle else None
     results = _execute(plans, dest_path, lock, api, retries=retries, backoff=backoff,
-                       timeout=timeout, jobs=jobs, progress=progress)
+                       timeout=timeout, jobs=jobs, progress=progress, accept_size=accept_size)
     if extract:
         _extract_archives(plans, results, dest_path, lock)
     return DownloadReport(cat.release, dest_path, False, results, creds)
@@ -168,7 +175,8 @@ def _check_dest(dest: Path, *, create: bool) -> None:
                             fix="choose a writable --dest") from None
 
 
-def _check_present(plans: list[PartPlan], dest: Path, lock: LockFile, *, verify: bool) -> bool:
+def _check_present(plans: list[PartPlan], dest: Path, lock: LockFile, *, verify: bool,
+                   accept_size: bool) -> bool:
     """Fill each plan's ``files`` with the state of its files in DEST; return whether a part
     still to fetch needs the Kaggle API."""
     needs_kaggle = False
@@ -176,7 +184,8 @@ def _check_present(plans: list[PartPlan], dest: Path, lock: LockFile, *, verify:
         if plan.method == "mounted":
             continue
         for pf in plan.part.files:
-            plan.files[pf.path] = check_file(dest / pf.path, pf, lock, verify=verify)
+            plan.files[pf.path] = check_file(dest / pf.path, pf, lock, verify=verify,
+                                             accept_size=accept_size, part=plan.part.name)
         if any(r.status != "present" for r in plan.files.values()) and plan.method == "kaggle":
             needs_kaggle = True
     return needs_kaggle
@@ -222,7 +231,8 @@ class _Task(NamedTuple):
 
 
 def _execute(plans: list[PartPlan], dest: Path, lock: LockFile, api: Any, *, retries: int,
-             backoff: float, timeout: float, jobs: int, progress: bool) -> list[PartResult]:
+             backoff: float, timeout: float, jobs: int, progress: bool,
+             accept_size: bool) -> list[PartResult]:
     """Link mounted parts, fetch every file not present (``jobs`` at a time), and return one
     `PartResult` per plan; the first failure is raised once every fetch has ended."""
     from tqdm.auto import tqdm
@@ -239,7 +249,7 @@ def _execute(plans: list[PartPlan], dest: Path, lock: LockFile, api: Any, *, ret
 
     session = open_session() if any(t.plan.method == "http" for t in tasks) else None
     fetcher = _Fetcher(dest, lock, api, session, advance, retries=retries, backoff=backoff,
-                       timeout=timeout, quiet=not progress)
+                       timeout=timeout, quiet=not progress, accept_size=accept_size)
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = [pool.submit(fetcher.fetch, t) for t in tasks]
@@ -284,28 +294,41 @@ class _Fetcher:
 
     def __init__(self, dest: Path, lock: LockFile, api: Any, session: requests.Session | None,
                  advance: Callable[[int], None], *, retries: int, backoff: float,
-                 timeout: float, quiet: bool) -> None:
+                 timeout: float, quiet: bool, accept_size: bool) -> None:
         self.dest, self.lock, self.api, self.session = dest, lock, api, session
         self.advance = advance
         self.retries, self.backoff, self.timeout, self.quiet = retries, backoff, timeout, quiet
+        self.accept_size = accept_size
 
     def fetch(self, task: _Task) -> None:
         plan, pf, fres = task
         target = self.dest / pf.path
-        entry = self.lock.get(pf.path)
-        expected = pf.sha256 or (entry or {}).get("sha256")
+        expected = _expected(plan, pf, self.lock.get(pf.path), accept_size=self.accept_size)
         if plan.method == "http":
             assert self.session is not None
             url = plan.urls[pf.path]
-            sha, n = fetch_http(self.session, url, target, pf, expected, retries=self.retries,
-                                backoff=self.backoff, timeout=self.timeout,
-                                progress=self.advance)
+            got = fetch_http(self.session, url, target, expected, retries=self.retries,
+                             backoff=self.backoff, timeout=self.timeout, progress=self.advance)
             fres.url = url
         else:
-            sha, n = fetch_kaggle(self.api, plan, self.dest, pf, expected, quiet=self.quiet)
-            self.advance(n)
+            got = fetch_kaggle(self.api, plan, self.dest, expected, quiet=self.quiet)
+            self.advance(got.transferred)
             url = plan.origin
-        fres.status, fres.sha256, fres.fetched_bytes = "fetched", sha, n
+        fres.status, fres.sha256, fres.fetched_bytes = "fetched", got.sha256, got.transferred
         fres.size = target.stat().st_size
-        self.lock.record(pf.path, target, sha256=sha, source=plan.method, url=url,
-                         part=plan.part.name)
+        self.lock.record(pf.path, target, sha256=got.sha256, source=plan.method, url=url,
+                         part=plan.part.name, remote=got.remote,
+                         size_accepted=expected.outside_band(fres.size))
+
+
+def _expected(plan: PartPlan, pf: PartFile, entry: LockEntry | None, *,
+              accept_size: bool) -> Expected:
+    """What a fetch of ``pf`` must give: the catalog's checks, and the sha256 the lock file
+    recorded unless that record contradicts itself (its size is not the size its source
+    announced: a bad file was recorded, its hash is no reference)."""
+    old = entry or {}
+    recorded = Remote.from_json(old)
+    sha = old.get("sha256")
+    if recorded.size is not None and old.get("size") != recorded.size:
+        sha = None
+    return Expected(plan.part.name, pf, sha, recorded, accept_size=accept_size)

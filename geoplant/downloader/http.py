@@ -1,13 +1,19 @@
 """Fetch one file over HTTP(S): streamed into ``<name>.part``, resumed with ``Range`` after an
 interruption, retried with exponential backoff, hashed while streaming, verified against the
-expected size and sha256, then renamed into place.
+expected size and sha256 and the size and digest the server announced, then renamed into place.
+
+``<name>.part.json`` records what the server announced when the ``.part`` file was started
+(size, ETag, Last-Modified, digest): a resume sends ``If-Range`` with that validator, and
+starts over when the server shows another version of the file. A file whose announced or
+received size is far from the catalog's approximate size is refused (`Expected.band_error`).
 
 ``requests`` is imported on first use, so planning and dry runs never load it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import json
 import os
 import re
 import time
@@ -15,13 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from geoplant.downloader.lockfile import mismatch, partial_path
+from geoplant.downloader.expect import Digests, Expected, Fetched, Remote
+from geoplant.downloader.lockfile import discard_partial, kept_note, partial_path, resume_path
 from geoplant.errors import GeoplantError
 
 if TYPE_CHECKING:
     import requests
-
-    from geoplant.catalog import PartFile
 
 __all__ = ["fetch_http", "open_session"]
 
@@ -44,7 +49,8 @@ def open_session() -> requests.Session:
 
 
 class _Attempts:
-    """Counts failed attempts at one file; sleeps between them, gives up after ``retries``."""
+    """Counts failed attempts at one file; sleeps between them, gives up after ``retries``
+    with a message that says what is left on disk."""
 
     def __init__(self, target: Path, retries: int, backoff: float) -> None:
         self.target, self.retries, self.backoff = target, retries, backoff
@@ -53,9 +59,12 @@ class _Attempts:
     def failed(self, problem: str) -> None:
         self.failures += 1
         if self.failures > self.retries:
-            raise GeoplantError(f"{problem} (gave up after {self.retries} retries; the partial "
-                                f"file is kept)", path=self.target,
-                                fix="rerun the same command to resume")
+            kept = partial_path(self.target).is_file()
+            raise GeoplantError(
+                f"{problem}; gave up after {self.retries} retries; {kept_note(self.target)}",
+                path=self.target,
+                fix="rerun the same command to resume" if kept else
+                    "rerun the same command to download it again")
         time.sleep(min(self.backoff * 2 ** (self.failures - 1), _MAX_BACKOFF))
 
 
@@ -71,9 +80,9 @@ class _Counter:
         self.progress(n)
 
 
-def fetch_http(session: requests.Session, url: str, target: Path, pf: PartFile,
-               expected_sha: str | None, *, retries: int, backoff: float, timeout: float,
-               progress: Callable[[int], None]) -> tuple[str, int]:
+def fetch_http(session: requests.Session, url: str, target: Path, expected: Expected, *,
+               retries: int, backoff: float, timeout: float,
+               progress: Callable[[int], None]) -> Fetched:
     """Stream ``url`` into ``target`` via ``target.part``.
 
     Parameters
@@ -84,10 +93,8 @@ def fetch_http(session: requests.Session, url: str, target: Path, pf: PartFile,
         The file's URL.
     target
         Final path; ``<target>.part`` holds the bytes received so far, and is resumed.
-    pf
-        The catalog file (its exact size, if known, is checked).
-    expected_sha
-        The sha256 the file must have, if known.
+    expected
+        What the file must be: exact size or approximate size band, sha256 if known.
     retries, backoff, timeout
         Failed attempts allowed, first backoff in seconds (doubling, at most 60 s), socket
         timeout in seconds.
@@ -96,14 +103,15 @@ def fetch_http(session: requests.Session, url: str, target: Path, pf: PartFile,
 
     Returns
     -------
-    tuple[str, int]
-        The sha256 of the file and the bytes transferred (over all attempts).
+    Fetched
+        The sha256, the bytes transferred (over all attempts) and what the server announced.
 
     Raises
     ------
     GeoplantError
-        On an HTTP error that is not transient, a size the server reports that disagrees with
-        the catalog, a write error, or when the retries are spent.
+        On an HTTP error that is not transient, a size the server announces that disagrees
+        with the catalog, a write error, or when the retries are spent (a transfer cut short
+        or a corrupt file are retried: the first resumes, the second starts over).
     """
     import requests
 
@@ -113,7 +121,7 @@ def fetch_http(session: requests.Session, url: str, target: Path, pf: PartFile,
     counter = _Counter(progress)
     while True:
         try:
-            got = _attempt(session, url, target, pf, timeout=timeout, progress=counter)
+            got = _attempt(session, url, target, expected, timeout=timeout, progress=counter)
         except (requests.ConnectionError, requests.Timeout,
                 requests.exceptions.ChunkedEncodingError, _Retryable) as err:
             attempts.failed(f"download of {url} interrupted: {type(err).__name__}: {err}")
@@ -123,65 +131,110 @@ def fetch_http(session: requests.Session, url: str, target: Path, pf: PartFile,
                                 fix="free disk space or choose another --dest") from None
         if got is None:
             continue  # the .part file was not a prefix of the remote file: start over
-        sha, size = got
-        bad = mismatch(pf.exact_size, expected_sha, size, sha)
+        (sha, md5), size, remote = got
+        bad = expected.mismatch(size, sha, remote, md5)
         if bad:
-            partial.unlink()  # corrupt: start over from byte 0
-            attempts.failed(f"downloaded {pf.path} is corrupt: {bad}")
+            discard_partial(target)  # corrupt: the next attempt starts from byte 0
+            attempts.failed(f"downloaded {expected.file.path} failed its check ({bad}) and "
+                            "was deleted")
             continue
+        band = expected.band_error(size, path=target, what="received",
+                                   kept="the file received was deleted")
+        if band is not None:
+            discard_partial(target)
+            raise band
         os.replace(partial, target)
-        return sha, counter.total
+        resume_path(target).unlink(missing_ok=True)
+        return Fetched(sha, counter.total, remote)
 
 
-def _attempt(session: requests.Session, url: str, target: Path, pf: PartFile, *,
-             timeout: float, progress: Callable[[int], None]) -> tuple[str, int] | None:
-    """One request, resuming ``target.part`` if it exists; return (sha256, size) of the
-    ``.part`` file, or None when the ``.part`` file was dropped and the fetch must restart."""
+def _attempt(session: requests.Session, url: str, target: Path, expected: Expected, *,
+             timeout: float, progress: Callable[[int], None],
+             ) -> tuple[tuple[str, str | None], int, Remote] | None:
+    """One request, resuming ``target.part`` if it exists; return the (sha256, md5) and size
+    of the ``.part`` file and what the server announced, or None when the ``.part`` file was
+    dropped and the fetch must restart."""
     partial = partial_path(target)
     have = partial.stat().st_size if partial.is_file() else 0
-    hasher = _hash_prefix(partial) if have else hashlib.sha256()
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    with session.get(url, headers=headers, stream=True, timeout=timeout) as resp:
-        opened = _open_mode(resp, have, partial, url, target)
+    known = _read_resume(target) if have else None
+    with session.get(url, headers=_request_headers(have, known), stream=True,
+                     timeout=timeout) as resp:
+        opened = _open_mode(resp, have, known, url, target)
         if opened is None:
             return None
-        mode, total = opened
-        if mode == "wb":  # the server sends the whole file: the prefix does not count
-            hasher = hashlib.sha256()
-        if pf.exact_size is not None and total is not None and total != pf.exact_size:
-            raise GeoplantError(
-                f"server has {total} bytes for {pf.path}, the catalog says {pf.exact_size}",
-                path=target, fix="check that --mirror serves this release")
+        mode, remote = opened
+        _check_announced(expected, remote, target)
+        if mode == "wb":
+            _write_resume(target, remote)
+        digests = Digests(md5=remote.md5 is not None)
+        if mode == "ab":  # a resumed fetch hashes the whole file
+            digests.feed_file(partial)
         with open(partial, mode) as out:
             for chunk in resp.iter_content(_CHUNK):
                 out.write(chunk)
-                hasher.update(chunk)
+                digests.update(chunk)
                 progress(len(chunk))
     size = partial.stat().st_size
-    if total is not None and size != total:
-        raise _Retryable(f"connection closed at byte {size} of {total}")
-    return hasher.hexdigest(), size
+    if remote.size is not None and size > remote.size:
+        discard_partial(target)  # more than the whole file: not a prefix of it
+        raise _Retryable(f"received {size} bytes, more than the {remote.size} announced")
+    if remote.size is not None and size < remote.size:
+        raise _Retryable(f"connection closed at byte {size} of {remote.size}")
+    return digests.hexdigests(), size, remote
 
 
-def _hash_prefix(partial: Path) -> hashlib._Hash:
-    """A sha256 fed with the bytes already on disk, so a resumed fetch hashes the whole file."""
-    hasher = hashlib.sha256()
-    with open(partial, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            hasher.update(chunk)
-    return hasher
+def _request_headers(have: int, known: Remote | None) -> dict[str, str]:
+    """``Range`` to resume at byte ``have``, with ``If-Range``: the server sends the whole
+    file (200) instead of the rest of another version of it."""
+    if not have:
+        return {}
+    headers = {"Range": f"bytes={have}-"}
+    validator = known.if_range() if known is not None else None
+    if validator:
+        headers["If-Range"] = validator
+    return headers
 
 
-def _open_mode(resp: requests.Response, have: int, partial: Path, url: str,
-               target: Path) -> tuple[str, int | None] | None:
-    """How to write ``resp``'s body: ``("ab", total)`` to append to the ``.part`` file (a 206
-    continuing at byte ``have``) or ``("wb", total)`` to rewrite it; ``total`` is the full size
-    when the server says it. None: the ``.part`` file was deleted, restart from byte 0.
+def _check_announced(expected: Expected, remote: Remote, target: Path) -> None:
+    """Refuse a size the server announces before a byte of it is written: not the catalog's
+    exact size, or far from its approximate size."""
+    if remote.size is None:
+        return
+    pf = expected.file
+    if pf.exact_size is not None and remote.size != pf.exact_size:
+        raise GeoplantError(
+            f"server has {remote.size} bytes for {pf.path}, the catalog says {pf.exact_size}; "
+            f"nothing more was downloaded; {kept_note(target)}",
+            path=target, fix="check that --mirror serves this release")
+    band = expected.band_error(remote.size, path=target, what="the server announces",
+                               kept=f"nothing more was downloaded; {kept_note(target)}")
+    if band is not None:
+        raise band
+
+
+def _read_resume(target: Path) -> Remote | None:
+    """What the server announced when ``target.part`` was started (None: not recorded)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return Remote.from_json(json.loads(resume_path(target).read_text(encoding="utf-8")))
+    return None
+
+
+def _write_resume(target: Path, remote: Remote) -> None:
+    """Record what the server announced for the ``.part`` file about to be (re)written."""
+    resume_path(target).write_text(json.dumps(remote.to_json()) + "\n", encoding="utf-8")
+
+
+def _open_mode(resp: requests.Response, have: int, known: Remote | None, url: str,
+               target: Path) -> tuple[str, Remote] | None:
+    """How to write ``resp``'s body: ``("ab", remote)`` to append to the ``.part`` file (a
+    206 continuing at byte ``have`` of the same version) or ``("wb", remote)`` to rewrite it;
+    ``remote`` is what the server announced. None: the ``.part`` file was deleted (not a
+    prefix of the remote file, or of another version of it), restart from byte 0.
 
     Raises ``_Retryable`` on a transient HTTP status, `GeoplantError` on another error status.
     """
     if resp.status_code == 416 and have:
-        partial.unlink()  # the partial is not a prefix of the remote file
+        discard_partial(target)  # the partial is not a prefix of the remote file
         return None
     if resp.status_code in _RETRY_STATUS:
         raise _Retryable(f"HTTP {resp.status_code}")
@@ -190,10 +243,14 @@ def _open_mode(resp: requests.Response, have: int, partial: Path, url: str,
                             path=target, fix="check --mirror and the part name")
     if resp.status_code == 206 and have:
         m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", resp.headers.get("Content-Range", ""))
-        if not m or int(m.group(1)) != have:
-            partial.unlink()
+        now = Remote.from_headers(resp.headers, whole=False)
+        if m and m.group(2) != "*":
+            now = Remote(int(m.group(2)), now.etag, now.last_modified)
+        before = known or Remote()
+        if not m or int(m.group(1)) != have or before.changed(now):
+            discard_partial(target)  # another version (or a bad range): start over
             return None
-        return "ab", None if m.group(2) == "*" else int(m.group(2))
-    length = resp.headers.get("Content-Length")
-    encoded = "Content-Encoding" in resp.headers  # length is of encoded bytes
-    return "wb", int(length) if length and not encoded else None
+        return "ab", before.merged(now)
+    # A 200: a first request, or the server sends the whole file (it ignores ranges, or
+    # If-Range found another version): the .part file is rewritten from byte 0.
+    return "wb", Remote.from_headers(resp.headers)

@@ -1,8 +1,11 @@
 """What this tool records in DEST, and whether a file there is present and verified.
 
 ``DEST/geoplant.lock.json`` (`LockFile`) holds the size, mtime, sha256 and origin of every file
-a run fetched or hashed, so later runs trust a file whose size and mtime still match without
-re-reading it. ``DEST/.geoplant/`` holds the extraction markers and the Kaggle staging folder.
+a run fetched or hashed, and what its source announced (size, ETag, Last-Modified, digest), so
+later runs trust a file whose size and mtime still match without re-reading it, and never a
+file whose size differs from the source's. ``DEST/.geoplant/`` holds the extraction markers
+and the Kaggle staging folder. An interrupted HTTP fetch leaves ``<name>.part`` and
+``<name>.part.json`` (what the server announced for it, so a resume can tell a changed file).
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypedDict
 
+from geoplant.downloader.expect import Expected, Remote
 from geoplant.downloader.report import FileResult
 from geoplant.files import atomic_write_text, sha256_file
 
 if TYPE_CHECKING:
     from geoplant.catalog import PartFile
 
-__all__ = ["LOCK_FILE", "STATE_DIR", "LockEntry", "LockFile", "check_file", "mismatch",
-           "partial_path"]
+__all__ = ["LOCK_FILE", "STATE_DIR", "LockEntry", "LockFile", "check_file", "discard_partial",
+           "kept_note", "partial_path", "resume_path"]
 
 #: Lock file in DEST: sha256, size and origin of every file this tool fetched.
 LOCK_FILE: Final = "geoplant.lock.json"
@@ -38,6 +42,12 @@ class LockEntry(TypedDict, total=False):
     url: str
     part: str
     recorded: str  # ISO 8601, UTC
+    # What the source announced (`Remote.to_json`): the file must keep that size.
+    source_size: int
+    etag: str
+    last_modified: str
+    md5: str
+    size_accepted: bool  # outside the band of an approximate catalog size, by --accept-size
 
 
 class LockFile:
@@ -72,8 +82,10 @@ class LockFile:
             return self.files.get(path)
 
     def record(self, path: str, target: Path, *, sha256: str, source: str,
-               url: str | None = None, part: str | None = None) -> None:
-        """Record ``target`` (release path ``path``) with its current size and mtime."""
+               url: str | None = None, part: str | None = None, remote: Remote | None = None,
+               size_accepted: bool = False) -> None:
+        """Record ``target`` (release path ``path``) with its current size and mtime, and what
+        its source announced (``remote``)."""
         st = target.stat()
         entry: LockEntry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256,
                             "source": source}
@@ -81,6 +93,10 @@ class LockFile:
             entry["url"] = url
         if part is not None:
             entry["part"] = part
+        if remote is not None:
+            entry.update(remote.to_json())  # type: ignore[typeddict-item]
+        if size_accepted:
+            entry["size_accepted"] = True
         entry["recorded"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         with self._mutex:
             self.files[path] = entry
@@ -94,23 +110,36 @@ def partial_path(target: Path) -> Path:
     return target.with_name(target.name + ".part")
 
 
-def mismatch(exact_size: int | None, expected_sha: str | None, size: int,
-             sha: str) -> str | None:
-    """Why a fetched file disagrees with its expected size or sha256, or None if it agrees."""
-    if exact_size is not None and size != exact_size:
-        return f"size {size} != catalog size {exact_size}"
-    if expected_sha is not None and sha != expected_sha:
-        return f"sha256 {sha[:12]}… != expected {expected_sha[:12]}…"
-    return None
+def resume_path(target: Path) -> Path:
+    """What the server announced for ``target``'s ``.part`` file (``<name>.part.json``)."""
+    return target.with_name(target.name + ".part.json")
 
 
-def check_file(target: Path, pf: PartFile, lock: LockFile, *, verify: bool) -> FileResult:
+def discard_partial(target: Path) -> None:
+    """Delete ``target``'s ``.part`` file and its resume record, if any."""
+    for path in (partial_path(target), resume_path(target)):
+        path.unlink(missing_ok=True)
+
+
+def kept_note(target: Path) -> str:
+    """What is left of an unfinished fetch of ``target``, read from the disk so that the
+    message says what really is there."""
+    partial = partial_path(target)
+    if partial.is_file():
+        return f"the {partial.stat().st_size} bytes received are kept in {partial.name} to resume"
+    return "no partial file is kept"
+
+
+def check_file(target: Path, pf: PartFile, lock: LockFile, *, verify: bool,
+               accept_size: bool = False, part: str = "") -> FileResult:
     """State of one file already in DEST (no network).
 
     ``present`` when it matches the catalog sha256, else the lock file's (a size + mtime match
     with the lock skips re-hashing unless ``verify``), else an exact catalog size; ``partial``
-    when only its ``.part`` file exists; ``unverified`` when it exists but cannot be trusted;
-    ``missing`` otherwise. A file hashed here is recorded in the lock file.
+    when only its ``.part`` file exists; ``unverified`` when it exists but cannot be trusted
+    (its size differs from the catalog's exact size or from the size its source announced,
+    or is far from an approximate catalog size, see `geoplant.downloader.expect.SIZE_BAND`,
+    unless accepted); ``missing`` otherwise. A file hashed here is recorded in the lock file.
     """
     res = FileResult(pf.path, "missing", pf.size)
     partial = partial_path(target)
@@ -121,10 +150,10 @@ def check_file(target: Path, pf: PartFile, lock: LockFile, *, verify: bool) -> F
             res.size = partial.stat().st_size
         return res
     st = target.stat()
-    if pf.exact_size is not None and st.st_size != pf.exact_size:
+    entry = lock.get(pf.path)
+    if _wrong_size(st.st_size, pf, entry, accept_size=accept_size, part=part):
         res.status = "unverified"
         return res
-    entry = lock.get(pf.path)
     lock_sha = entry.get("sha256") if entry else None
     expected = pf.sha256 or lock_sha
     fast = (entry is not None and not verify and entry.get("size") == st.st_size
@@ -142,5 +171,28 @@ def check_file(target: Path, pf: PartFile, lock: LockFile, *, verify: bool) -> F
         return res
     res.status, res.size, res.sha256 = "present", st.st_size, sha
     if entry is None or entry.get("sha256") != sha or entry.get("mtime_ns") != st.st_mtime_ns:
-        lock.record(pf.path, target, sha256=sha, source=(entry or {}).get("source", "local"))
+        accepted = Expected(part, pf).outside_band(st.st_size)  # in: accepted above
+        _record_again(lock, pf.path, target, sha, entry, size_accepted=accepted)
     return res
+
+
+def _wrong_size(size: int, pf: PartFile, entry: LockEntry | None, *, accept_size: bool,
+                part: str) -> bool:
+    """Whether ``size`` rules the file out: not the catalog's exact size, not the size its
+    source announced when it was fetched, or outside the band of an approximate size (unless
+    accepted now or when it was fetched)."""
+    if pf.exact_size is not None and size != pf.exact_size:
+        return True
+    announced = Remote.from_json(entry or {}).size
+    if announced is not None and size != announced:
+        return True
+    accepted = accept_size or bool((entry or {}).get("size_accepted"))
+    return not accepted and Expected(part, pf).outside_band(size)
+
+
+def _record_again(lock: LockFile, path: str, target: Path, sha: str, entry: LockEntry | None,
+                  *, size_accepted: bool) -> None:
+    """Record a file hashed in place, keeping what the lock knew of its origin."""
+    old = entry or {}
+    lock.record(path, target, sha256=sha, source=old.get("source", "local"), url=old.get("url"),
+                part=old.get("part"), remote=Remote.from_json(old), size_accepted=size_accepted)
