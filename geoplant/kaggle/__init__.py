@@ -13,10 +13,17 @@ Python API: :func:`publish_store`, :func:`push_baseline`, :func:`wait_for_kernel
 ``--dry-run`` / ``dry_run=True`` writes the files Kaggle would receive and needs neither
 credentials nor network.
 
+Inside a Kaggle notebook, :func:`resolve_data` picks the data (``data = None``): a store
+attached under ``/kaggle/input``, else one built once from the attached competition data or
+GeoPlant dataset into ``/kaggle/working/geoplant-store`` (:func:`find_attached_store`,
+:func:`find_attached_release`).
+
 Submodules: ``metadata`` (dataset/kernel metadata, data card), ``client`` (the quiet,
-authenticated client and its one-line errors), ``publish``, ``kernels``, ``submit``, ``cli``.
+authenticated client and its one-line errors), ``publish``, ``kernels``, ``submit``, ``cli``,
+``attached`` (the data a notebook finds on Kaggle).
 """
 
+from geoplant.kaggle.attached import find_attached_release, find_attached_store, resolve_data
 from geoplant.kaggle.cli import configure_parser, run
 from geoplant.kaggle.kernels import (
     KernelPush,
@@ -38,10 +45,13 @@ __all__ = [
     "configure_parser",
     "data_card",
     "dataset_metadata",
+    "find_attached_release",
+    "find_attached_store",
     "kernel_metadata",
     "publish_store",
     "pull_kernel",
     "push_baseline",
+    "resolve_data",
     "run",
     "stage_dataset",
     "stage_kernel",
