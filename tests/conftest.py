@@ -70,3 +70,32 @@ def loader_mem_ds(loader_store: Path, loader_stats: dict[str, Any]) -> SurveyDat
     from geoplant.torch import SurveyDataset
 
     return SurveyDataset(loader_store, "pa_train", in_memory=True)
+
+
+@pytest.fixture(scope="session")
+def raster_store(glc24_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store built from ``glc24_tiny`` with its environmental rasters (read-only)."""
+    from geoplant.build import build
+
+    out = tmp_path_factory.mktemp("rasters") / "store"
+    build(glc24_tiny, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def env_model_dir(raster_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An env-logistic model of ``raster_store``'s pa_train, saved with ``save_model``."""
+    import numpy as np
+
+    from geoplant.experiment import env_features
+    from geoplant.models import EnvLogisticBaseline
+    from geoplant.models.persist import env_feature_names, save_model
+    from geoplant.store import open_store
+
+    store = open_store(raster_store)
+    labels = store.labels("pa_train")
+    X = env_features(store, "pa_train", labels.survey_ids)
+    model = EnvLogisticBaseline(max_iter=100).fit(X, labels.matrix)
+    return save_model(model, tmp_path_factory.mktemp("model") / "env-logistic",
+                      species_ids=np.asarray(labels.species_ids, dtype=np.int64),
+                      feature_names=env_feature_names(store), meta={"store": str(raster_store)})
