@@ -229,7 +229,9 @@ def evaluate_submission(submission: str | os.PathLike[str], truth: ReferenceSets
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` command's options."""
-    parser.add_argument("submission", help="submission CSV (surveyId,predictions)")
+    parser.add_argument("submission",
+                        help="submission CSV (surveyId,predictions), or a maps folder written "
+                             "by `geoplant map` (scored against a synthetic world's true maps)")
     parser.add_argument("--truth", required=True,
                         help="PA records CSV (surveyId,speciesId), solution CSV "
                              "(surveyId,predictions), or a synthetic release / truth folder")
@@ -248,8 +250,48 @@ _ROWS = (("samples_f1", "samples-F1 (competition metric)"),
          ("mean_true", "mean true set size"))
 
 
+def _ensure_truth_maps(truth: Path, species: set[int]) -> None:
+    """Write the true maps of ``species`` unless ``truth/maps`` already holds them all."""
+    import xarray as xr
+
+    from geoplant.synthetic.maps import write_truth_maps
+
+    written = truth / "maps" / "probability.zarr"
+    have: set[int] = set()
+    if written.is_dir():
+        have = {int(s) for s in xr.open_zarr(written, consolidated=False)["species"].values}
+    if not species <= have:
+        write_truth_maps(truth, sorted(species | have))
+
+
+def _run_maps(args: argparse.Namespace) -> int:
+    """Score a maps folder against the true maps of a synthetic world (written if missing)."""
+    from geoplant.map_eval import score_maps
+    from geoplant.maps import open_maps
+    from geoplant.synthetic.truth import truth_folder
+
+    truth = truth_folder(args.truth)
+    _ensure_truth_maps(truth, {int(s) for s in open_maps(args.submission)["species"].values})
+    scores = score_maps(args.submission, truth)
+    table = scores.pop("species")
+    if args.json:
+        print(json.dumps(_plain(scores | {"species": table.to_dict("records")}), indent=2,
+                         allow_nan=False))
+        return 0
+    print(f"{args.submission} vs {truth / 'maps'} ({scores['n_species']} species, "
+          f"{scores['n_cells']:,} cells)")
+    print(f"  {'Spearman, mean (median)':<34}{scores['spearman_mean']:.3f} "
+          f"({scores['spearman_median']:.3f})")
+    print(f"  {'expected AUC, mean':<34}{scores['auc_mean']:.3f}")
+    print(f"  {'richness Pearson / Spearman':<34}{scores['richness_pearson']:.3f} / "
+          f"{scores['richness_spearman']:.3f}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``geoplant evaluate``."""
+    if (Path(args.submission) / "map.json").is_file():
+        return _run_maps(args)
     truth = load_truth(args.truth, args.split)
     result = evaluate_submission(args.submission, truth, subset=args.subset)
     for note in result["warnings"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -146,3 +147,15 @@ def test_truth_agreement(maps_dir: Path, glc24_tiny: Path, tmp_path: Path) -> No
     assert scores["spearman_mean"] > 0.35
     assert scores["auc_mean"] > 0.58
     assert scores["richness_pearson"] > 0.4
+
+
+def test_evaluate_scores_a_maps_folder(maps_dir: Path, glc24_tiny: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`geoplant evaluate MAPS --truth RELEASE` writes the missing true maps, then scores."""
+    truth = tmp_path / "release" / "truth"
+    shutil.copytree(glc24_tiny / "truth", truth)  # the session release stays untouched
+    assert main(["evaluate", str(maps_dir), "--truth", str(truth.parent), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_species"] == open_maps(maps_dir).sizes["species"]
+    assert result["spearman_mean"] > 0.35 and result["richness_pearson"] > 0.4
+    assert (truth / "maps" / "probability.zarr").is_dir()
