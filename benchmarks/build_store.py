@@ -52,7 +52,7 @@ def child(code: str, *args: str) -> dict:
 
 
 def bench_s2_build(raw: Path, tmp: Path) -> None:
-    from geoplant.build import build
+    from geoplant.builder import build
     from geoplant.raw import RawRelease, decode_jpeg, jpeg_backend
 
     release = RawRelease(raw)
@@ -155,7 +155,7 @@ def bench_build_memory(raws: list[Path], tmp: Path) -> dict[str, Path]:
         out = tmp / f"store-{raw.name}"
         if out.exists():
             shutil.rmtree(out)
-        result = child("import sys, time; from geoplant.build import build\n"
+        result = child("import sys, time; from geoplant.builder import build\n"
                        "t = time.perf_counter()\n"
                        "s = build(sys.argv[1], sys.argv[2], progress=False)\n"
                        "RESULT = {'seconds': round(time.perf_counter() - t, 1),"
@@ -187,7 +187,7 @@ def main() -> None:
         if args.large:
             store = stores.get(args.large.name)
             if store is None:
-                from geoplant.build import build
+                from geoplant.builder import build
 
                 store = tmp / "large-records"
                 build(args.large, store, splits=["po_train"], rasters=False, progress=False)

@@ -19,7 +19,8 @@ def __getattr__(name: str) -> object:
 
         return open_store
     if name == "build":
-        from geoplant.build import build
+        # the package is `builder`: a submodule named `build` would replace this function
+        from geoplant.builder import build
 
         return build
     if name == "download":

@@ -20,12 +20,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("geoplant.demo", "Run the whole kit offline on a synthetic world: sample, build, "
              "baselines, scores vs oracle."),
     "download": ("geoplant.downloader", "Download GeoPlant / GeoLifeCLEF parts (Kaggle or HTTP)."),
-    "build": ("geoplant.build", "Build a raw release into a store (GeoParquet + Zarr v3)."),
+    "build": ("geoplant.builder", "Build a raw release into a store (GeoParquet + Zarr v3)."),
     "evaluate": ("geoplant.evaluate", "Score a Kaggle submission (samples-F1 and more) against "
                  "PA truth or a synthetic oracle."),
     "kaggle": ("geoplant.kaggle", "Kaggle-native: publish a store, push a baseline as a GPU "
                "kernel, pull its outputs, submit."),
     "info": ("geoplant.info", "Summarise a store (counts, modalities, skipped items)."),
+    "map": ("geoplant.maps", "Map a saved env model over the store's raster grid: "
+            "probability Zarr, COGs, richness, top-K, quick-looks."),
     "run": ("geoplant.run", "Execute a named baseline notebook with papermill (+ model card)."),
     "sample": ("geoplant.sample", "Write a synthetic GeoPlant release in a real raw layout."),
 }

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from test_build import run_hooked
 
-from geoplant.build import LOCK_NAME, build
+from geoplant.builder import LOCK_NAME, build
 from geoplant.errors import GeoplantError
 from geoplant.raw import RawRelease
 from geoplant.store import open_store

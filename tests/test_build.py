@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from geoplant import layouts
-from geoplant.build import LOCK_NAME, build
+from geoplant.builder import LOCK_NAME, build
 from geoplant.raw import RawRelease
 from geoplant.store import open_store
 
@@ -81,7 +81,7 @@ os.replace = replace
 if sys.argv[4] == "--":
     from geoplant.cli import main
     sys.exit(main(sys.argv[5:]))
-from geoplant.build import LOCK_NAME, build
+from geoplant.builder import LOCK_NAME, build
 build(**json.loads(sys.argv[4]))
 """
 
@@ -193,7 +193,7 @@ def test_labels_species_and_info(glc24_store: Path) -> None:
 def test_resume_after_kill_9_equals_an_uninterrupted_build(glc24_tiny: Path, glc24_store: Path,
                                                            tmp_path: Path) -> None:
     out = tmp_path / "store"
-    code = ("import sys; from geoplant.build import build; "
+    code = ("import sys; from geoplant.builder import build; "
             "build(sys.argv[1], sys.argv[2], progress=False, workers=1, block_surveys=64)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(glc24_tiny), str(out)])
     deadline = time.time() + 120
@@ -318,3 +318,28 @@ def test_build_cli_errors(tmp_path: Path, glc24_store: Path, glc24_tiny: Path) -
     assert not_store.returncode == 2 and "not a geoplant store" in not_store.stderr
     for result in (missing, done, bad_split, not_store):
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+#: As a user runs it: ``geoplant.build`` twice, with the builder package imported in between.
+BUILD_TWICE = r"""
+import sys
+import geoplant
+first = geoplant.build(sys.argv[1], sys.argv[2], splits=["pa_test"], rasters=False,
+                       progress=False)
+import geoplant.builder
+from geoplant.builder import BuildSummary
+assert geoplant.build is geoplant.builder.build, geoplant.build
+second = geoplant.build(sys.argv[1], sys.argv[3], splits=["pa_test"], rasters=False,
+                        progress=False)
+assert isinstance(second, BuildSummary) and second.counts == first.counts
+"""
+
+
+def test_geoplant_build_stays_the_function_once_the_builder_is_imported(
+        glc24_tiny: Path, tmp_path: Path) -> None:
+    # A submodule named `geoplant.build` would replace the lazy function on first import, so
+    # the second call would fail. A fresh interpreter: this session imports modules of its own.
+    out = subprocess.run([sys.executable, "-c", BUILD_TWICE, str(glc24_tiny),
+                          str(tmp_path / "first"), str(tmp_path / "second")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
