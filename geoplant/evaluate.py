@@ -280,9 +280,11 @@ def _run_maps(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.submission} vs {truth / 'maps'} ({scores['n_species']} species, "
           f"{scores['n_cells']:,} cells)")
-    print(f"  {'Spearman, mean (median)':<34}{scores['spearman_mean']:.3f} "
-          f"({scores['spearman_median']:.3f})")
-    print(f"  {'expected AUC, mean':<34}{scores['auc_mean']:.3f}")
+    lo, hi = scores["spearman_mean_ci"]
+    print(f"  {'Spearman, mean [95% CI] (median)':<34}{scores['spearman_mean']:.3f} "
+          f"[{lo:.3f}, {hi:.3f}] ({scores['spearman_median']:.3f})")
+    lo, hi = scores["auc_mean_ci"]
+    print(f"  {'expected AUC, mean [95% CI]':<34}{scores['auc_mean']:.3f} [{lo:.3f}, {hi:.3f}]")
     print(f"  {'richness Pearson / Spearman':<34}{scores['richness_pearson']:.3f} / "
           f"{scores['richness_spearman']:.3f}")
     return 0

@@ -158,4 +158,6 @@ def test_evaluate_scores_a_maps_folder(maps_dir: Path, glc24_tiny: Path, tmp_pat
     result = json.loads(capsys.readouterr().out)
     assert result["n_species"] == open_maps(maps_dir).sizes["species"]
     assert result["spearman_mean"] > 0.35 and result["richness_pearson"] > 0.4
+    lo, hi = result["spearman_mean_ci"]
+    assert lo < result["spearman_mean"] < hi and hi - lo < 0.2
     assert (truth / "maps" / "probability.zarr").is_dir()
