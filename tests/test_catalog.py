@@ -175,3 +175,136 @@ def test_parse_builds_typed_parts() -> None:
     raster = cat.part("s24-rasters-landcover")
     assert raster.extract_dir == "EnvironmentalRasters"
     assert cat.part("k24-metadata-pa-train").sources["kaggle"].file == "GLC24_PA_metadata_train.csv"
+
+
+# -- the GeoPlant maintainers' manifest ------------------------------------------------------
+
+#: Every path of the maintainers' manifest, transcribed from plantnet/GeoPlant
+#: ``dataset/config.py`` at main @ 88b090c (2026-05-29): METADATA, PRESENCE_ONLY and
+#: PRESENCE_ABSENCE (``csvs``, ``legacy_csvs``, ``cubes``), RASTERS and LEGACY_RASTERS. They are
+#: relative to the Seafile share (their downloader writes them under ``--data``).
+_PO_TIFF_PARTS = tuple(
+    f"SatelliteData/Sentinel2Patches-tiff/PO-Train-Sentinel2Patches-part-{part:02d}.zip"
+    for part in range(24)
+)
+_SPLITS4 = ("PA-train", "PA-test-iid", "PA-test-ood", "PA-test-glc25")
+GEOPLANT_MANIFEST_88B090C: tuple[str, ...] = (
+    # METADATA
+    "PresenceOnlyOccurrences/PO_metadata_train.csv",
+    "PresenceAbsenceSurveys/PA_metadata_train.csv",
+    "PresenceAbsenceSurveys/PA_metadata_test_iid.csv",
+    "PresenceAbsenceSurveys/PA_metadata_test_ood.csv",
+    "PresenceAbsenceSurveys/PA_metadata_test_glc25.csv",
+    # PRESENCE_ONLY
+    "EnvironmentalValues/Climate/PO-train-bioclimatic.csv",
+    "EnvironmentalValues/Climate/legacy/PO-train-bioclimatic-average.csv",
+    "TimeSeries/Bioclim/values/PO-train-bioclimatic_time_series.zip",
+    "TimeSeries/Bioclim/cubes/PO-train-bioclimatic-monthly.zip",
+    "EnvironmentalValues/Elevation/PO-train-elevation.csv",
+    "EnvironmentalValues/HumanFootprint/v2/PO-train-human_footprint.csv",
+    "EnvironmentalValues/HumanFootprint/v1/PO-train-human-footprint.csv",
+    "EnvironmentalValues/LandCover/PO-train-landcover.csv",
+    "EnvironmentalValues/SoilGrids/v2/PO-train-soilgrids.csv",
+    "EnvironmentalValues/SoilGrids/v1/PO-train-soilgrids.csv",
+    "SatelliteData/Sentinel2Patches-jpeg/PO-Train-Sentinel2Patches-NIR.zip",
+    "SatelliteData/Sentinel2Patches-jpeg/PO-Train-Sentinel2Patches-RGB.zip",
+    *_PO_TIFF_PARTS,
+    "SatelliteData/AlphaEarth/PO-train-alphaearth.parquet",
+    "TimeSeries/Landsat/values/PO-train-landsat-time-series.zip",
+    "TimeSeries/Landsat/cubes/PO-train-landsat-time-series.zip",
+    # PRESENCE_ABSENCE
+    *(f"EnvironmentalValues/Climate/{s}-bioclimatic.csv" for s in _SPLITS4),
+    "EnvironmentalValues/Climate/legacy/PA-train-bioclimatic-average.csv",
+    "EnvironmentalValues/Climate/legacy/PA-test-bioclimatic-average.csv",
+    *(f"TimeSeries/Bioclim/values/{s}-bioclimatic_time_series.zip" for s in _SPLITS4),
+    *(f"TimeSeries/Bioclim/cubes/{s}-bioclimatic-monthly.zip" for s in _SPLITS4),
+    *(f"EnvironmentalValues/Elevation/{s}-elevation.csv" for s in _SPLITS4),
+    "EnvironmentalValues/HumanFootprint/v2/PA-train-human_footprint.csv",
+    "EnvironmentalValues/HumanFootprint/v2/PA-test-human_footprint.csv",  # sic: no -iid- (L131)
+    "EnvironmentalValues/HumanFootprint/v2/PA-test-ood-human_footprint.csv",
+    "EnvironmentalValues/HumanFootprint/v2/PA-test-glc25-human_footprint.csv",
+    "EnvironmentalValues/HumanFootprint/v1/PA-train-human-footprint.csv",
+    "EnvironmentalValues/HumanFootprint/v1/PA-test-human-footprint.csv",
+    *(f"EnvironmentalValues/LandCover/{s}-landcover.csv" for s in _SPLITS4),
+    *(f"EnvironmentalValues/SoilGrids/v2/{s}-soilgrids.csv" for s in _SPLITS4),
+    "EnvironmentalValues/SoilGrids/v1/PA-train-soilgrids.csv",
+    "EnvironmentalValues/SoilGrids/v1/PA-test-soilgrids.csv",
+    "SatelliteData/Sentinel2Patches-jpeg/PA-Train-Sentinel2Patches-RGB+NIR.zip",
+    "SatelliteData/Sentinel2Patches-jpeg/PA-Test-IID-Sentinel2Patches.zip",
+    "SatelliteData/Sentinel2Patches-tiff/PA-Train-Sentinel2Patches.zip",
+    "SatelliteData/Sentinel2Patches-tiff/PA-Test-IID-Sentinel2Patches.zip",
+    "SatelliteData/Sentinel2Patches-tiff/PA-Test-OOD-Sentinel2Patches.zip",
+    "SatelliteData/Sentinel2Patches-tiff/PA-Test-GLC25-Sentinel2Patches.zip",
+    "SatelliteData/AlphaEarth/PA-train-alphaearth.parquet",
+    "SatelliteData/AlphaEarth/PA-test-iid-alphaearth.parquet",
+    "SatelliteData/AlphaEarth/PA-test-ood-alphaearth.parquet",
+    "SatelliteData/AlphaEarth/PA-test-glc25-alphaearth.parquet",
+    *(f"TimeSeries/Landsat/values/{s}-landsat_time_series.zip" for s in _SPLITS4),
+    *(f"TimeSeries/Landsat/cubes/{s}-landsat-time-series.zip" for s in _SPLITS4),
+    # RASTERS, LEGACY_RASTERS
+    "EnvironmentalRasters/BiogeographicalRegions/Bioregions-Europe-2016-v1.geojson",
+    "EnvironmentalRasters/Climate/BioClimatic_Average_1981-2010.zip",
+    "EnvironmentalRasters/Climate/Climatic_Monthly_1979-2019.zip",
+    "EnvironmentalRasters/Elevation/ASTER_Elevation.tif",
+    "EnvironmentalRasters/HumanFootprint/v2/OSM_detailed.zip",
+    "EnvironmentalRasters/LandCover/LandCover_MODIS_Terra-Aqua_500m.tif",
+    "EnvironmentalRasters/Soilgrids/soilgrids.zip",
+    "EnvironmentalRasters/HumanFootprint/v1/summarized.zip",
+    "EnvironmentalRasters/HumanFootprint/v1/detailed.zip",
+)
+
+
+def test_the_geoplant_manifest_transcription_is_whole() -> None:
+    manifest = GEOPLANT_MANIFEST_88B090C
+    # METADATA 5, PRESENCE_ONLY 39 (24 TIFF parts), PRESENCE_ABSENCE 52, RASTERS 7, LEGACY 2
+    assert len(manifest) == len(set(manifest)) == 5 + 39 + 52 + 7 + 2
+
+
+def test_geoplant_catalog_lists_every_manifest_path_and_no_other() -> None:
+    cat = load_catalog("geoplant")
+    release_paths = {f.path for p in cat.parts if p.name != "kaggle-all" for f in p.files}
+    assert release_paths == {f"GeoPlantData/{p}" for p in GEOPLANT_MANIFEST_88B090C}
+    # ... and fetches each from the share at the manifest's own path (no GeoPlantData/)
+    raw = {p["name"]: p for p in _raw("geoplant")["parts"]}
+    remote = set()
+    for part in cat.parts:
+        if part.name == "kaggle-all":
+            continue
+        how = part.sources["seafile-2026"]
+        if len(part.files) == 1:
+            remote.add(how.path)
+        else:
+            remote |= {v["remote_path"] for v in raw[part.name]["volumes"]}
+    assert remote == set(GEOPLANT_MANIFEST_88B090C)
+
+
+def test_the_iid_human_footprint_table_is_tried_under_both_names() -> None:
+    cat = load_catalog("geoplant")
+    part = cat.part("env-human-footprint-pa-test-iid")
+    manifest_name = "EnvironmentalValues/HumanFootprint/v2/PA-test-human_footprint.csv"
+    assert part.path == f"GeoPlantData/{manifest_name}"
+    assert part.sources["seafile-2026"].path == manifest_name
+    source = next(p for p in _raw("geoplant")["parts"] if p["name"] == part.name)["sources"]
+    assert source["seafile-2026"]["alt_paths"] == [
+        "EnvironmentalValues/HumanFootprint/v2/PA-test-iid-human_footprint.csv"]
+    # the readers look under both names too
+    variants = [str(loc) for _, loc in layouts.env_variants("geoplant", "env.human_footprint",
+                                                            "pa_test_iid")]
+    assert variants[:2] == [part.path, part.path.replace("PA-test-", "PA-test-iid-")]
+
+
+def test_geoplant_catalog_notes_are_current() -> None:
+    text = (CATALOG_DIR / "geoplant.yaml").read_text()
+    assert "guessed" not in text and "wildcard" not in text
+    cat = load_catalog("geoplant")
+    for name in ("landsat-cubes-pa-train", "climate-cubes-pa-train", "landsat-values-pa-train",
+                 "climate-values-pa-train"):
+        part = cat.part(name)
+        assert part.evidence == "DOC" and "UNVERIFIED" in (part.note or "")
+    assert "GLC24-PA-train-landsat-time-series_<surveyId>_cube.pt" in \
+        (cat.part("landsat-cubes-pa-train").note or "")
+    assert "bioclimatic-monthly.csv" in (cat.part("climate-values-pa-train").note or "")
+    for name in ("rasters-human-footprint-summarized", "rasters-human-footprint-detailed"):
+        assert "--legacy" in (cat.part(name).note or "")
+    legacy = [p for p in cat.parts if "legacy" in p.name or "-v1-" in p.name]
+    assert len(legacy) == 9 and all(p.splits for p in legacy)

@@ -43,10 +43,27 @@ TIFF = G25 / "SatelitePatches/PA-test/08/01/5000108.tiff"
 # -- metadata ---------------------------------------------------------------------------------
 
 
+def _glc25_without_reused_id(tmp_path: Path) -> Path:
+    """malpolon's GLC25 fixture gives surveyId 1027998 three different places (one of them in
+    Belgium though 'Denmark'): a reused id, which the reader refuses. Keep its first row."""
+    lines = (G25 / "metadata.csv").read_text().splitlines(keepends=True)
+    kept = [line for i, line in enumerate(lines) if i < 2 or ",1027998," not in line]
+    out = tmp_path / "metadata.csv"
+    out.write_text("".join(kept))
+    return out
+
+
+def test_glc25_fixture_reused_survey_id_is_refused() -> None:
+    with pytest.raises(GeoplantError, match=r"metadata\.csv: line 3: surveyId 1027998 has lon "
+                       r"10\.1432\d* but 10\.3555\d* on line 2"):
+        read_metadata_csv(G25 / "metadata.csv", "pa")
+
+
 @pytest.mark.parametrize("folder", [G24, G25])
-def test_metadata_sample_dtypes_and_values(folder: Path) -> None:
-    df = read_metadata_csv(folder / "metadata.csv", "pa")
-    assert len(df) == 100
+def test_metadata_sample_dtypes_and_values(folder: Path, tmp_path: Path) -> None:
+    path = folder / "metadata.csv" if folder == G24 else _glc25_without_reused_id(tmp_path)
+    df = read_metadata_csv(path, "pa")
+    assert len(df) == (100 if folder == G24 else 98)
     assert df["speciesId"].dtype == np.int32
     assert df["surveyId"].dtype == np.int64
     assert df["year"].dtype == np.int16
@@ -74,8 +91,8 @@ def test_glc24_metadata_quirks() -> None:
     assert np.isinf(df["areaInM2"]).sum() == 2  # 1322301 and 663200
 
 
-def test_glc25_metadata_dummy_test_labels() -> None:
-    df = read_metadata_csv(G25 / "metadata.csv", "pa")
+def test_glc25_metadata_dummy_test_labels(tmp_path: Path) -> None:
+    df = read_metadata_csv(_glc25_without_reused_id(tmp_path), "pa")
     test = df[df["surveyId"] == 5000108]
     assert sorted(test["speciesId"].tolist()) == [1, 2]
     assert (test["subset"] == "test").all()

@@ -21,13 +21,15 @@ from geoplant.layouts import (
     CLIMATE_VARIABLES,
     ENV_COLUMNS,
     LANDSAT_BANDS,
+    METADATA_COLUMNS,
     PA_TEST_COLUMNS,
     PA_TRAIN_COLUMNS,
     PO_COLUMNS,
     SPLITS,
     Location,
 )
-from geoplant.synthetic.release import iter_release_files, write_release
+from geoplant.raw import RawRelease
+from geoplant.synthetic.release import HFP_V2_COLUMNS, iter_release_files, write_release
 
 
 def read_bytes(root: Path, loc: Location) -> bytes:
@@ -50,7 +52,8 @@ def test_metadata_files_have_the_real_columns_and_dtypes(request: pytest.Fixture
                                                          layout: str) -> None:
     root = release(request, layout)
     po = read_csv(root, layouts.location(layout, "metadata.po"))
-    assert tuple(po.columns) == PO_COLUMNS
+    assert tuple(po.columns) == METADATA_COLUMNS[layout]["po"]
+    assert tuple(po.columns[:len(PO_COLUMNS)]) == PO_COLUMNS
     assert len(po) == 10_000
     assert po["speciesId"].dtype == np.float64 and po["month"].dtype == np.float64
     assert po["taxonRank"].eq("SPECIES").all()
@@ -60,14 +63,16 @@ def test_metadata_files_have_the_real_columns_and_dtypes(request: pytest.Fixture
         meta = read_csv(root, loc)
         text = read_bytes(root, loc).decode()
         if split == "pa_train":
-            assert tuple(meta.columns) == PA_TRAIN_COLUMNS
+            assert tuple(meta.columns) == METADATA_COLUMNS[layout]["pa"]
+            assert tuple(meta.columns[:len(PA_TRAIN_COLUMNS)]) == PA_TRAIN_COLUMNS
             # speciesId is written as a float, one row per (survey, species), grouped by survey
-            assert re.search(r",\d+\.0,\d+\n", text)
+            assert re.search(r",\d+\.0,\d+[,\n]", text)
             assert meta["surveyId"].is_monotonic_increasing
             assert not meta.duplicated(["surveyId", "speciesId"]).any()
             assert meta.groupby("surveyId")["lon"].nunique().eq(1).all()
         else:
-            assert tuple(meta.columns) == PA_TEST_COLUMNS
+            assert tuple(meta.columns) == METADATA_COLUMNS[layout]["pa_test"]
+            assert tuple(meta.columns[:len(PA_TEST_COLUMNS)]) == PA_TEST_COLUMNS
             assert meta["surveyId"].is_unique
         assert meta["year"].between(2017, 2021).all()
         assert set(meta["region"]) <= {
@@ -83,6 +88,45 @@ def test_metadata_files_have_the_real_columns_and_dtypes(request: pytest.Fixture
     # Long tail: the commonest species is far commoner than the median one.
     freq = train["speciesId"].value_counts()
     assert freq.iloc[0] > 10 * freq.median()
+
+
+def test_geoplant_metadata_has_the_columns_geoplant_code_reads(geoplant_tiny: Path) -> None:
+    """PA taxonRank/county/district and PO region/district (plantnet/GeoPlant @ 88b090c); the
+    places come from the location alone, so a survey and a nearby one share its district."""
+    train = read_csv(geoplant_tiny, layouts.location("geoplant", "metadata.pa", "pa_train"))
+    assert train["taxonRank"].eq("SPECIES").all()
+    per_survey = train.groupby("surveyId")[["county", "district"]].nunique()
+    assert per_survey.eq(1).all().all()
+    sites = train.drop_duplicates("surveyId")
+    assert 5 < sites["district"].nunique() < len(sites)  # several surveys per district
+    assert sites.groupby("district")["county"].nunique().eq(1).all()  # districts nest
+    spread = sites.groupby("district")[["lon", "lat"]].agg(lambda v: v.max() - v.min())
+    assert (spread <= 0.5).all().all()
+    po = read_csv(geoplant_tiny, layouts.location("geoplant", "metadata.po"))
+    assert set(po["region"]) <= {"ALPINE", "ATLANTIC", "BLACK SEA", "BOREAL", "CONTINENTAL",
+                                 "MEDITERRANEAN", "PANNONIAN", "STEPPIC"}
+    assert po["district"].notna().all() and po["district"].nunique() > 20
+    test = read_csv(geoplant_tiny, layouts.location("geoplant", "metadata.pa", "pa_test_iid"))
+    assert {"county", "district"} <= set(test.columns) and "taxonRank" not in test.columns
+    # the reader keeps them all
+    records = RawRelease(geoplant_tiny).read_metadata("pa_train")
+    assert records["district"].astype(str).tolist() == train["district"].tolist()
+
+
+def test_geoplant_human_footprint_is_the_v2_product(geoplant_tiny: Path) -> None:
+    """The default download: v2 tables (a header unlike v1's; the IID one under the
+    manifest's name) and the v2 raster archive only."""
+    values = geoplant_tiny / "GeoPlantData/EnvironmentalValues/HumanFootprint"
+    assert sorted(p.name for p in (values / "v2").iterdir()) == [
+        "PA-test-glc25-human_footprint.csv", "PA-test-human_footprint.csv",
+        "PA-test-ood-human_footprint.csv", "PA-train-human_footprint.csv",
+        "PO-train-human_footprint.csv"]
+    assert not (values / "v1").exists()
+    header = (values / "v2/PA-train-human_footprint.csv").read_text().split("\n", 1)[0]
+    assert header.split(",")[1:] == list(HFP_V2_COLUMNS)
+    assert not set(HFP_V2_COLUMNS) & set(ENV_COLUMNS["human_footprint"])
+    rasters = geoplant_tiny / "GeoPlantData/EnvironmentalRasters/HumanFootprint"
+    assert [p.name for p in rasters.rglob("*.zip")] == ["OSM_detailed.zip"]
 
 
 def test_surveyids_never_collide_between_po_and_pa(glc24_tiny: Path) -> None:
@@ -101,6 +145,8 @@ def test_env_values_climate_and_landsat_tables(request: pytest.FixtureRequest,
     for split in SPLITS[layout][1:]:
         ids = read_csv(root, layouts.location(layout, "metadata.pa", split))["surveyId"].unique()
         for family, columns in ENV_COLUMNS.items():
+            if layout == "geoplant" and family == "human_footprint":
+                columns = HFP_V2_COLUMNS  # v2, not the v1 (K24) columns
             table = read_csv(root, layouts.location(layout, f"env.{family}", split))
             assert tuple(table.columns) == ("surveyId", *columns)
             assert np.array_equal(table["surveyId"], ids)
@@ -193,10 +239,15 @@ def test_environmental_rasters_are_geotiffs_in_epsg4326(request: pytest.FixtureR
     import rasterio
 
     root = release(request, layout)
-    names = layouts.raster_names(layout)
-    assert {"bio1", "bio19", "elevation", "landcover", "soil_phh2o", "hfp_HFP2009"} <= set(names)
+    raw = RawRelease(root)
+    names = raw.raster_names()
+    assert {"bio1", "bio19", "elevation", "landcover", "soil_phh2o"} <= set(names)
+    # the default download's human footprint: v1 (Venter) in glc24, v2 (OSM) in geoplant
+    footprint = "hfp_OSM_roads" if layout == "geoplant" else "hfp_HFP2009"
+    assert footprint in names and len([n for n in names if n.startswith("hfp_")]) == (
+        7 if layout == "geoplant" else 16)
     for name in names:
-        loc = layouts.location(layout, f"raster.{name}")
+        loc = raw.location(f"raster.{name}")
         path = f"/vsizip/{root / loc.path}/{loc.member}" if loc.member else root / loc.path
         with rasterio.open(path) as src:
             assert src.crs.to_epsg() == 4326

@@ -1,14 +1,15 @@
 """``RawRelease``: one raw GeoPlant release on disk (``glc24`` or ``geoplant`` layout).
 
-Every path comes from :mod:`geoplant.layouts`; this module only opens files (plain files or
-members of zip archives, whose handles are cached and reused) and calls the per-file readers
-of :mod:`geoplant.raw.cubes`, :mod:`geoplant.raw.patches` and :mod:`geoplant.raw.tables`.
+Every path comes from :mod:`geoplant.layouts`; this module finds which form of it is on disk
+(the zip as published, or its members extracted by the maintainers' downloader or by ours,
+under any of the member names seen), opens files (plain files or members of zip archives,
+whose handles are cached and reused) and calls the per-file readers of
+:mod:`geoplant.raw.cubes`, :mod:`geoplant.raw.patches` and :mod:`geoplant.raw.tables`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,7 +22,7 @@ import pandas as pd
 
 from geoplant import layouts
 from geoplant.errors import GeoplantError
-from geoplant.layouts import LANDSAT_BANDS, LayoutName, Location
+from geoplant.layouts import LANDSAT_BANDS, LayoutName, Location, MemberRule
 from geoplant.raw.cubes import read_pt_cube
 from geoplant.raw.patches import JPEG_SHAPE, TIFF_SHAPE, read_patch_jpeg, read_patch_tiff
 from geoplant.raw.tables import (
@@ -47,11 +48,12 @@ LANDSAT_SHAPE: tuple[int, int, int] = (6, 4, 21)
 OnError = Literal["raise", "skip"]
 T = TypeVar("T")
 
-#: Files whose presence identifies a layout (any one is enough).
+#: Files whose presence identifies a layout (any one is enough); a geoplant root may be the
+#: data folder itself, as the maintainers' downloader writes it (a "bare" root).
 _SIGNATURES: dict[LayoutName, tuple[str, ...]] = {
     "glc24": ("GLC24_PA_metadata_train.csv", "GLC24_PA_metadata_test.csv",
               "GLC24_P0_metadata_train.csv"),
-    "geoplant": ("GeoPlantData",),
+    "geoplant": ("GeoPlantData", *layouts.BARE_SIGNATURES),
 }
 
 
@@ -74,14 +76,30 @@ def detect_layout(root: str | os.PathLike[str]) -> LayoutName:
     if found:
         raise GeoplantError(f"root holds files of several layouts ({', '.join(found)})",
                             path=path, fix="pass layout= explicitly")
-    hint = ""
-    if (path / "PresenceAbsenceSurveys").is_dir() and path.name == "GeoPlantData":
-        hint = "; this looks like the GeoPlantData folder itself: pass its parent"
     raise GeoplantError(
         "no GeoPlant release found (looked for GLC24_PA_metadata_train.csv, "
-        f"GLC24_PA_metadata_test.csv, GLC24_P0_metadata_train.csv or GeoPlantData/){hint}",
-        path=path, fix="pass the root of an extracted glc24 (Kaggle) or geoplant release",
+        "GLC24_PA_metadata_test.csv, GLC24_P0_metadata_train.csv, GeoPlantData/ or "
+        "PresenceAbsenceSurveys/PA_metadata_*.csv)",
+        path=path, fix="pass the root of a glc24 (Kaggle) or geoplant release (the folder "
+        "holding GeoPlantData/, or the one the GeoPlant downloader's --data wrote)",
     )
+
+
+@dataclass
+class _Source:
+    """Where a split's per-survey files of a family are: a zip, or a folder (``shared``: our
+    extraction's folder, which holds other splits' files too). ``index`` maps surveyId to the
+    member or relative paths found, built on first need."""
+
+    kind: Literal["zip", "dir"]
+    path: str
+    shared: bool = False
+    index: dict[int, list[str]] | None = None
+
+    def at(self, member: str) -> Location:
+        """The location of a member (zip) or relative path (folder) of this source."""
+        return Location(self.path, member) if self.kind == "zip" else \
+            Location(f"{self.path}/{member}" if self.path else member)
 
 
 @dataclass
@@ -165,14 +183,22 @@ class RawRelease:
     Parameters
     ----------
     root
-        Folder of the extracted release (local path).
+        Folder of the release (local path): for ``geoplant``, the folder that holds
+        ``GeoPlantData/`` or that data folder itself (what the maintainers' downloader writes
+        under ``--data``). Zips may be as published, or extracted by their downloader (into a
+        folder named after each zip) or by ``geoplant download --extract`` (into the zip's
+        folder); zip members are found under any of the names seen (see
+        :func:`geoplant.layouts.member_rule`).
     layout
         ``"glc24"`` or ``"geoplant"``; detected from the files present when omitted.
 
     Notes
     -----
     Zip archives are opened once and kept open; call :meth:`close` (or use ``with``) to free
-    them. Instances pickle without their handles, so they can be shipped to dask workers.
+    them. Where each family's files were found is cached, so a file added or removed after
+    it was first looked for may go unseen (:meth:`check_consistency` lists afresh).
+    Instances pickle without their handles and caches, so they can be shipped to dask
+    workers.
     """
 
     def __init__(self, root: str | os.PathLike[str], layout: str | None = None) -> None:
@@ -184,8 +210,19 @@ class RawRelease:
             if not self.root.is_dir():
                 raise GeoplantError("release root is not a folder", path=self.root,
                                     fix="pass the folder the data was extracted to")
+        #: A geoplant root that is the data folder itself: paths have no "GeoPlantData/".
+        self.bare = bool(layouts.DATA_ROOT[self.layout]) and \
+            not (self.root / layouts.DATA_ROOT[self.layout]).is_dir()
+        self._reset()
+
+    def _reset(self) -> None:
         self._zips: dict[str, zipfile.ZipFile] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._files: dict[tuple[Any, ...], Location] = {}  # resolved single files (hits only)
+        self._sources: dict[tuple[str, str], _Source | None] = {}
+        self._listings: dict[str, list[str]] = {}
+        self._versions: dict[str, str] = {}
+        self._rasters: dict[str, Location] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -193,11 +230,11 @@ class RawRelease:
         return f"RawRelease({str(self.root)!r}, layout={self.layout!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": self.root, "layout": self.layout}
+        return {"root": self.root, "layout": self.layout, "bare": self.bare}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.root, self.layout = state["root"], state["layout"]
-        self._zips, self._lock = {}, threading.Lock()
+        self.root, self.layout, self.bare = state["root"], state["layout"], state["bare"]
+        self._reset()
 
     def __enter__(self) -> RawRelease:
         return self
@@ -227,16 +264,49 @@ class RawRelease:
                                 fix=f"use one of: {', '.join(self.splits)}")
         return split
 
-    def location(self, family: str, split: str | None = None, **kw: Any) -> Location:
-        """Where a file family lives (relative to the root), see :func:`layouts.location`."""
+    def location(self, family: str, split: str | None = None, *,
+                 survey_id: int | None = None, band: str | None = None) -> Location:
+        """Where a file of a family is under this root, in the form found on disk.
+
+        The file itself, its zip member, or that member extracted (into a folder named after
+        the zip, or into the zip's folder), under any of the member names seen (see
+        :func:`geoplant.layouts.member_rule`); env tables in their version found (see
+        :meth:`env_version`). A file found nowhere gets the location the layout gives it
+        (:func:`geoplant.layouts.location`), for messages.
+        """
+        if family.startswith("raster."):
+            return self._raster_location(family.removeprefix("raster."))
+        if family.startswith("env.") and split in self.splits:
+            return self._env_location(family, split)
+        if survey_id is not None:
+            return self._survey_location(family, split, int(survey_id))[0]
+        canon = self._canonical(family, split, band=band)
+        rule = None
+        if family in ("climate.values", "landsat.values") and split is not None:
+            rule = layouts.member_rule(self.layout, family, split, band=band)
+        return self._find_file(canon, rule) or canon
+
+    def _canonical(self, family: str, split: str | None, **kw: Any) -> Location:
+        """The layout's location of a file, as a path under this root."""
         try:
-            return layouts.location(self.layout, family, split, **kw)
+            return self._actual(layouts.location(self.layout, family, split, **kw))
         except KeyError:
             raise GeoplantError(
                 f"split {split!r} of layout {self.layout} has no {family!r} files",
                 fix=f"families of this split: {', '.join(self.families(split or ''))}"
                 if split in self.splits else None,
             ) from None
+
+    def _actual(self, loc: Location) -> Location:
+        """A layout location as a path under this root (a bare root has no data folder)."""
+        if not self.bare:
+            return loc
+        prefix = layouts.DATA_ROOT[self.layout] + "/"
+        return Location(loc.path.removeprefix(prefix), loc.member)
+
+    def _path(self, path: str) -> str:
+        """A layout path (file or folder) as a path under this root."""
+        return self._actual(Location(path)).path
 
     def describe(self, loc: Location) -> str:
         """Full name of a location for messages: ``<root>/<path>[::member]``."""
@@ -268,15 +338,9 @@ class RawRelease:
 
     def exists(self, loc: Location) -> bool:
         """Whether a location exists (a missing archive counts as missing)."""
-        if loc.member is None:
-            return os.path.isfile(self._full(loc.path))
-        if not (self.root / loc.path).is_file():
+        if not os.path.isfile(self._full(loc.path)):
             return False
-        try:
-            self._zip(loc.path).getinfo(loc.member)
-        except KeyError:
-            return False
-        return True
+        return loc.member is None or loc.member in self._zip(loc.path).NameToInfo
 
     def _missing(self, loc: Location) -> GeoplantError:
         return GeoplantError("missing file", path=self.describe(loc),
@@ -309,6 +373,237 @@ class RawRelease:
         if loc.member is not None and not self.exists(loc):
             raise self._missing(loc)
         return lambda: self.open(loc)
+
+    # -- forms on disk ----------------------------------------------------------------------
+
+    def _isfile(self, path: str) -> bool:
+        return os.path.isfile(self._full(path))
+
+    def _isdir(self, path: str) -> bool:
+        return os.path.isdir(self._full(path)) if path else True
+
+    def _listing(self, folder: str, *, fresh: bool = False) -> list[str]:
+        """Every file below a folder, as sorted paths relative to it (cached)."""
+        if fresh or folder not in self._listings:
+            base = self._full(folder) if folder else os.fspath(self.root)
+            found = []
+            for dirpath, dirs, files in os.walk(base):
+                dirs.sort()
+                rel = os.path.relpath(dirpath, base).replace(os.sep, "/")
+                found += [f if rel == "." else f"{rel}/{f}" for f in sorted(files)]
+            self._listings[folder] = found
+        return self._listings[folder]
+
+    def _containers(self, archive: str) -> list[_Source]:
+        """Where a zip's members may be, in the order tried: the zip, the maintainers'
+        extraction folder, ours (see :func:`geoplant.layouts.extraction_dirs`)."""
+        theirs, ours = layouts.extraction_dirs(archive)
+        return [_Source("zip", archive), _Source("dir", theirs), _Source("dir", ours, True)]
+
+    def _find_file(self, canon: Location, rule: MemberRule | None) -> Location | None:
+        """The file a canonical location names, in whichever form it is on disk, or None."""
+        key = (canon, rule)
+        hit = self._files.get(key)
+        if hit is None:
+            hit = self._search_file(canon, rule)
+            if hit is not None:
+                self._files[key] = hit
+        return hit
+
+    def _search_file(self, canon: Location, rule: MemberRule | None) -> Location | None:
+        if canon.member is None:  # a plain file, or one of the names its rule allows
+            if self._isfile(canon.path) or rule is None:
+                return canon if self._isfile(canon.path) else None
+            folder = canon.path.rpartition("/")[0]
+            names = [n for n in (os.listdir(self._full(folder)) if self._isdir(folder) else ())
+                     if rule.matches(n)]
+            return Location(f"{folder}/{min(names)}" if folder else min(names)) \
+                if names else None
+        for src in self._containers(canon.path):
+            exact = src.at(canon.member)
+            if src.path and self.exists(exact):
+                return exact
+            if rule is not None:
+                match = [n for n in self._names(src) or () if rule.matches(n)]
+                if match:
+                    return src.at(match[0])
+        return None
+
+    def _names(self, src: _Source) -> list[str] | None:
+        """Every member of a zip, or file below a folder; None when it is not there."""
+        if src.kind == "zip":
+            return self._zip(src.path).namelist() if self._isfile(src.path) else None
+        return self._listing(src.path) if src.path and self._isdir(src.path) else None
+
+    def env_version(self, family: str) -> str:
+        """Which version of an env family's tables this release has (the same for every
+        split): ``"current"``, else an older one whose tables are present (``"legacy"``,
+        ``"v1"``; see :func:`geoplant.layouts.env_variants`), else ``"current"``."""
+        family = f"env.{family.removeprefix('env.')}"
+        if family not in self._versions:
+            splits = [s for s in self.splits if family in self.families(s)]
+            variants = [v for s in splits for v in layouts.env_variants(self.layout, family, s)]
+            versions = list(dict.fromkeys(v for v, _ in variants))
+            present = [v for v in versions
+                       if any(self._isfile(self._actual(loc).path)
+                              for w, loc in variants if w == v)]
+            self._versions[family] = present[0] if present else "current"
+        return self._versions[family]
+
+    def _env_location(self, family: str, split: str) -> Location:
+        variants = layouts.env_variants(self.layout, family, self._split(split))
+        version = self.env_version(family)
+        mine = [self._actual(loc) for v, loc in variants if v == version]
+        for loc in mine:
+            if self._isfile(loc.path):
+                return loc
+        return mine[0] if mine else self._actual(variants[0][1])
+
+    def _survey_source(self, family: str, split: str, *, fresh: bool = False) -> _Source | None:
+        """The zip or folder that holds a split's per-survey files of a family (cached)."""
+        key = (family, split)
+        if fresh or key not in self._sources:
+            canon = self._canonical(family, self._split(split), survey_id=1)
+            if canon.member is None:  # loose files (glc24): their family folder
+                folder = self._path(layouts.source_path(self.layout, family, split))
+                cands = [_Source("dir", folder)]
+            else:
+                cands = self._containers(canon.path)
+            self._sources[key] = next(
+                (src for src in cands if self._holds(src, family, split, fresh=fresh)), None)
+        return self._sources[key]
+
+    def _holds(self, src: _Source, family: str, split: str, *, fresh: bool) -> bool:
+        """Whether a candidate source exists (our shared folder: holds some of the files)."""
+        if src.kind == "zip":
+            return self._isfile(src.path)
+        if not src.path or not self._isdir(src.path):
+            return False
+        return not src.shared or bool(self._index(src, family, split, fresh=fresh))
+
+    def _index(self, src: _Source, family: str, split: str, *,
+               fresh: bool = False) -> dict[int, list[str]]:
+        """surveyId -> the source's member/relative paths holding a survey's file."""
+        if src.index is not None and not fresh:
+            return src.index
+        with self._lock:
+            rule = layouts.member_rule(self.layout, family, split)
+            if src.kind == "zip":
+                names: list[str] = self._zip(src.path).namelist()
+                label = src.path
+            elif src.shared:
+                names, label = self._shared_names(src.path, split, fresh=fresh), ""
+            else:
+                names, label = self._listing(src.path, fresh=fresh), src.path
+            index: dict[int, list[str]] = {}
+            for name in names:
+                sid = rule.survey_id(f"{label}/{name}" if label else name)
+                if sid is not None:
+                    index.setdefault(sid, []).append(name)
+            src.index = index
+        return index
+
+    def _shared_names(self, folder: str, split: str, *, fresh: bool) -> list[str]:
+        """Files of one split in a folder shared by every split (our extraction of several
+        zips): those under the entries that carry the split's name, else every file."""
+        rule = layouts.split_rule(self.layout, split)
+        entries = sorted(os.listdir(self._full(folder) if folder else self.root))
+        mine = [e for e in entries if rule.search(e)]
+        if not mine:
+            return self._listing(folder, fresh=fresh)
+        names = []
+        for entry in mine:
+            sub = f"{folder}/{entry}" if folder else entry
+            if self._isdir(sub):
+                names += [f"{entry}/{n}" for n in self._listing(sub, fresh=fresh)]
+            else:
+                names.append(entry)
+        return names
+
+    def _survey_location(self, family: str, split: str | None,
+                         sid: int) -> tuple[Location, bool]:
+        """(location, found) of one survey's file; not found: where it should be."""
+        canon = self._canonical(family, split, survey_id=sid)
+        assert split is not None
+        src = self._survey_source(family, split)
+        if src is None:
+            return canon, False
+        exact = canon if canon.member is None else src.at(canon.member)
+        if self.exists(exact):
+            return exact, True
+        names = self._index(src, family, split).get(sid)
+        if names:
+            return src.at(names[0]), True
+        return exact, False
+
+    def _raster_table(self) -> dict[str, Location]:
+        """Raster name -> its layout location; the human footprint in the version found."""
+        if self._rasters is None:
+            names = layouts.raster_names(self.layout)
+            prefix = layouts.FOOTPRINT_PREFIX
+            table = {n: self._actual(layouts.location(self.layout, f"raster.{n}"))
+                     for n in names}
+            base = {n: loc for n, loc in table.items() if not n.startswith(prefix)}
+            v1 = {n: loc for n, loc in table.items() if n.startswith(prefix)}
+            footprint: dict[str, Location] = v1
+            v2 = layouts.FOOTPRINT_V2_ARCHIVE[self.layout]
+            if v2 is not None:
+                found = self._footprint_v2(self._path(v2))
+                if found:
+                    footprint = found
+                elif not any(self._find_file(loc, self._raster_rule(loc))
+                             for loc in v1.values()):
+                    # neither version: name the default download (v2) as what is missing
+                    footprint = {f"{prefix}v2": Location(self._path(v2))}
+            self._rasters = base | footprint
+        return self._rasters
+
+    @staticmethod
+    def _raster_rule(loc: Location) -> MemberRule:
+        return layouts.member_rule("glc24", "raster", member=loc.member or loc.path)
+
+    def _footprint_v2(self, archive: str) -> dict[str, Location]:
+        """The GeoTIFFs of the v2 human-footprint archive, in whichever form it is."""
+        for src in self._containers(archive):
+            names = self._names(src) or ()
+            tifs = sorted(n for n in names if n.lower().endswith((".tif", ".tiff")))
+            if tifs:
+                return {layouts.footprint_v2_name(n): src.at(n) for n in tifs}
+        return {}
+
+    def _raster_location(self, name: str) -> Location:
+        table = self._raster_table()
+        if name not in table:
+            raise GeoplantError(f"unknown raster {name!r}",
+                                fix=f"use one of: {', '.join(table)}")
+        loc = table[name]
+        if loc.member is None and self._isfile(loc.path):
+            return loc
+        return self._find_file(loc, self._raster_rule(loc)) or loc
+
+    def source_paths(self, splits: Iterable[str], wanted: Iterable[str]) -> list[str]:
+        """The files, zips and folders under this root that hold some families of some splits,
+        in the form found on disk (see :func:`geoplant.layouts.source_paths` for the layout's
+        own); paths relative to the root, each listed once, missing ones left out."""
+        wanted = set(wanted)
+        out: list[str] = []
+        for split in splits:
+            for family in self.families(split):
+                if family not in wanted:
+                    continue
+                out += self._family_sources(family, split)
+        return [p for p in dict.fromkeys(out) if self._isfile(p) or self._isdir(p)]
+
+    def _family_sources(self, family: str, split: str) -> list[str]:
+        if family.endswith(".cube") or family.startswith("s2."):
+            src = self._survey_source(family, split)
+            if src is None or not src.shared:
+                return [] if src is None else [src.path]
+            tops = {n.split("/", 1)[0] for n in self._shared_names(src.path, split,
+                                                                    fresh=False)}
+            return [f"{src.path}/{t}" if src.path else t for t in sorted(tops)]
+        bands: Sequence[str | None] = LANDSAT_BANDS if family == "landsat.values" else (None,)
+        return [self.location(family, split, band=b).path for b in bands]
 
     # -- tables -----------------------------------------------------------------------------
 
@@ -352,10 +647,12 @@ class RawRelease:
 
         ``family`` is one of ``bioclimatic``, ``elevation``, ``human_footprint``,
         ``landcover``, ``soilgrids`` (``env.`` prefix optional). ±inf are valid only in
-        ``human_footprint``.
+        ``human_footprint``. The table is the version found (:meth:`env_version`); the
+        geoplant human-footprint columns are read from its header (v2 is a new product).
         """
         key = family.removeprefix("env.")
-        cols = env_columns(key)
+        env_columns(key)  # an unknown family is an error here
+        cols = layouts.env_value_columns(self.layout, key)
         loc = self.location(f"env.{key}", self._split(split))
         return read_values_csv(self._opener(loc), cols, allow_inf=key == "human_footprint",
                                bad_rows=bad_rows, problems=problems, name=self.describe(loc))
@@ -433,43 +730,20 @@ class RawRelease:
 
     # -- per-survey files -------------------------------------------------------------------
 
-    def _patch_candidates(self, family: str, split: str, sid: int) -> list[Location]:
-        loc = self.location(family, self._split(split), survey_id=sid)
-        text = str(sid)
-        if len(text) >= 4:
-            return [loc]
-        # ids of < 4 digits: layouts slices ('642' -> 42/6); also accept zero padding (42/06).
-        cd, ab = layouts.patch_folders(sid)
-        padded = f"{sid % 100:02d}/{sid // 100 % 100:02d}/{sid}."
-        old = f"{cd}/{ab}/{sid}."
-
-        def swap(s: str | None) -> str | None:
-            if s is None or old not in s:
-                return s
-            head, _, tail = s.rpartition(old)
-            return head + padded + tail
-
-        alt = Location(swap(loc.path) or loc.path, swap(loc.member))
-        return [loc, alt] if alt != loc else [loc]
-
     def _find(self, family: str, split: str, sid: int) -> Location:
         """The existing location of a per-survey file (error naming the expected path)."""
-        if family.startswith("s2."):
-            cands = self._patch_candidates(family, split, sid)
-        else:
-            cands = [self.location(family, self._split(split), survey_id=sid)]
-        if len(cands) == 1 and cands[0].member is None:
-            return cands[0]  # opening it reports a missing file, naming it; saves a stat
-        for loc in cands:
-            if self.exists(loc):
-                return loc
-        archive = cands[0].member is not None and not (self.root / cands[0].path).is_file()
-        raise GeoplantError(
-            "missing archive" if archive else "missing file",
-            path=self.root / cands[0].path if archive else self.describe(cands[0]),
-            fix="check the release is complete (re-download or re-extract it)"
-            + (f"; also looked for {self.describe(cands[1])}" if len(cands) > 1 else ""),
-        )
+        loc, found = self._survey_location(family, self._split(split), sid)
+        if found:
+            return loc
+        if loc.member is not None and self._survey_source(family, split) is None:
+            theirs, ours = layouts.extraction_dirs(loc.path)
+            raise GeoplantError(
+                "missing archive", path=self.root / loc.path,
+                fix=f"download this part of the release (or extract it: looked for {theirs}/ "
+                f"and {ours or '.'}/ too)",
+            )
+        raise GeoplantError("missing file", path=self.describe(loc),
+                            fix="check the release is complete (re-download or re-extract it)")
 
     def read_climate_cube(self, split: str, survey_id: int) -> np.ndarray:
         """Monthly climate cube of one survey: float32 (4, 19, 12) =
@@ -545,8 +819,10 @@ class RawRelease:
     # -- rasters ----------------------------------------------------------------------------
 
     def raster_names(self) -> tuple[str, ...]:
-        """Names of the environmental rasters of this layout (e.g. ``bio1``, ``soil_clay``)."""
-        return layouts.raster_names(self.layout)
+        """Names of the environmental rasters of this release (e.g. ``bio1``, ``soil_clay``);
+        the human footprint's are those of the version present (geoplant: v2 from its
+        archive's listing, else v1's ``hfp_*``)."""
+        return tuple(self._raster_table())
 
     def raster_path(self, name: str) -> str:
         """GDAL path of a raster (``/vsizip/`` for zip members), after checking it exists."""
@@ -616,44 +892,14 @@ class RawRelease:
     # -- consistency ------------------------------------------------------------------------
 
     def _scan_survey_files(self, family: str, split: str) -> tuple[str, dict[int, int]]:
-        """All surveyIds that have a file of a per-survey family (id -> count of files)."""
-        probe = 918273645  # digits no template contains; 45/36 folders
-        loc = self.location(family, split, survey_id=probe)
-        text = loc.member if loc.member is not None else loc.path
-        cd, ab = layouts.patch_folders(probe)
-        tail = f"{cd}/{ab}/{probe}"
-        if tail in text:
-            prefix, _, ext = text.partition(tail)
-            pattern = re.compile(r"(\d{1,2})/(\d{0,2})/(\d+)" + re.escape(ext))
-        else:
-            prefix, _, fname = text.rpartition("/")
-            prefix += "/" if prefix else ""
-            pattern = re.compile(re.escape(fname).replace(str(probe), r"(\d+)"))
-        names: Iterable[str]
-        if loc.member is not None:
-            where = f"{self.root / loc.path}::{prefix}"
-            if not (self.root / loc.path).is_file():
-                return where, {}
-            names = (n[len(prefix):] for n in self._zip(loc.path).namelist()
-                     if n.startswith(prefix))
-        else:
-            base = self.root / prefix
-            where = str(base)
-            names = (str(Path(d, f).relative_to(base)).replace(os.sep, "/")
-                     for d, _, fs in os.walk(base) for f in fs)
-        found: dict[int, int] = {}
-        for rel in names:
-            m = pattern.fullmatch(rel)
-            if m is None:
-                continue
-            sid = int(m.group(m.lastindex or 1))
-            if m.lastindex == 3:  # patch: the folders must match the id (sliced or padded)
-                folders = (m.group(1), m.group(2))
-                if folders not in (layouts.patch_folders(sid),
-                                   (f"{sid % 100:02d}", f"{sid // 100 % 100:02d}")):
-                    continue
-            found[sid] = found.get(sid, 0) + 1
-        return where, found
+        """All surveyIds that have a file of a per-survey family (id -> count of files),
+        listed afresh from the zip or folder that holds them."""
+        src = self._survey_source(family, split, fresh=True)
+        if src is None:
+            canon = self._canonical(family, split, survey_id=1)
+            return str(self.root / canon.path), {}
+        index = self._index(src, family, split, fresh=True)
+        return str(self.root / src.path), {sid: len(names) for sid, names in index.items()}
 
     def check_consistency(self, split: str) -> ConsistencyReport:
         """Cross-check the surveyIds of every predictor file of a split against its metadata.

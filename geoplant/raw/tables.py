@@ -18,18 +18,25 @@ allowed ...) are collected as :class:`RowProblem` and handled by ``bad_rows``:
 
 Pass a list as ``problems=`` to receive every :class:`RowProblem` (the build writes them to its
 manifest); without it, dropped/kept problems are summarised in a warning.
+
+Whatever ``bad_rows`` says, a damaged *file* is never read as if it were whole: a row with the
+wrong number of fields, or a file that ends without a newline (a download cut short: its last
+line, cut mid-field, may still parse, e.g. surveyId ``864`` for ``8644``), and PA metadata rows
+of one survey that disagree on its site (lon, lat, year, ...) each raise one GeoplantError
+naming the file, the line and the fix.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Final, Literal
 
 import numpy as np
 import pandas as pd
@@ -177,22 +184,157 @@ def _arrow_error(exc: Exception, label: str) -> GeoplantError:
     )
 
 
+# ----------------------------------------------------------------------------------------------
+# whole files: a row with the wrong number of fields, a file cut short
+
+_CUT_FIX = "re-download the file (if it is complete, end its last line with a newline)"
+
+
+class _Tail(io.RawIOBase):
+    """Read-only pass-through stream that keeps its last bytes and counts its newlines."""
+
+    def __init__(self, raw: BinaryIO, keep: int = 1 << 20) -> None:
+        super().__init__()
+        self._raw, self._keep = raw, keep
+        self.tail = b""
+        self.newlines = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _note(self, data: bytes) -> None:
+        if data:
+            self.newlines += data.count(b"\n")
+            keep = self._keep
+            self.tail = data[-keep:] if len(data) >= keep else (self.tail + data)[-keep:]
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._raw.read(-1 if size is None else size)
+        self._note(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _scan_tail(opener: Opener) -> _Tail:
+    """Read a whole stream for its tail and line count (error paths only)."""
+    with opener() as raw:
+        tail = _Tail(raw)
+        while tail.read(8 << 20):
+            pass
+    return tail
+
+
+def _cut_error(tail: _Tail, label: str, n_fields: int) -> GeoplantError | None:
+    """The error for a file whose last line has no newline (cut short), else None."""
+    if not tail.tail or tail.tail.endswith(b"\n"):
+        return None
+    line = tail.newlines + 1
+    text = tail.tail.rpartition(b"\n")[2].decode("utf-8", errors="replace")
+    fields = next(csv.reader([text]), [])
+    if len(fields) != n_fields:
+        what = f"{len(fields)} of its {n_fields} fields"
+    else:
+        what = f"all {n_fields} fields, the last one cut short perhaps ({fields[-1]!r})"
+    return GeoplantError(
+        f"the file ends in the middle of line {line} (no newline; {what}): it is truncated",
+        path=label, fix=_CUT_FIX,
+    )
+
+
+def _find_line(opener: Opener, text: str) -> int | None:
+    """1-based number of the first line equal to ``text`` (error paths only)."""
+    target = text.encode("utf-8")
+    with opener() as fh:
+        for number, line in enumerate(fh, start=1):
+            if line.rstrip(b"\r\n") == target:
+                return number
+    return None
+
+
+@dataclass
+class _Whole:
+    """Checks that a CSV is read whole: every row has the header's number of fields and the
+    last line ends with a newline. Give :meth:`open` to arrow and :meth:`on_invalid` as its
+    ``invalid_row_handler``; call :meth:`check_rows` after each block and :meth:`check_end`
+    at the end."""
+
+    opener: Opener
+    label: str
+    n_fields: int
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+    stream: _Tail | None = None
+
+    def open(self) -> _Tail:
+        self.stream = _Tail(self.opener())
+        return self.stream
+
+    def on_invalid(self, row: Any) -> str:
+        if not self.invalid:
+            self.invalid.append((int(row.actual_columns), str(row.text)))
+        return "skip"  # raised by check_rows with the line number, once arrow returns
+
+    def check_rows(self) -> None:
+        if not self.invalid:
+            return
+        actual, text = self.invalid[0]
+        tail = _scan_tail(self.opener)
+        cut = _cut_error(tail, self.label, self.n_fields)
+        if cut is not None and tail.tail.rpartition(b"\n")[2].decode(
+                "utf-8", errors="replace") == text:
+            raise cut
+        line = _find_line(self.opener, text)
+        where = f"line {line}" if line is not None else f"a line ({text[:60]!r})"
+        raise GeoplantError(
+            f"{where} has {actual} field(s), the header {self.n_fields}: the file is damaged "
+            "or cut short", path=self.label,
+            fix=f"re-download the file, or repair {where}",
+        )
+
+    def check_end(self) -> None:
+        assert self.stream is not None
+        cut = _cut_error(self.stream, self.label, self.n_fields)
+        if cut is not None:
+            raise cut
+
+    def arrow_error(self, exc: Exception) -> GeoplantError:
+        """A parse error, or the truncation that caused it (a value cut in the last line)."""
+        try:
+            cut = _cut_error(_scan_tail(self.opener), self.label, self.n_fields)
+        except Exception:  # the stream itself is damaged (e.g. a bad zip member): say so
+            cut = None
+        return cut if cut is not None else _arrow_error(exc, self.label)
+
+
 def _read_table(
     opener: Opener, label: str, types: Mapping[str, pa.DataType], include: Sequence[str],
-    *, block_size: int | None = None,
+    *, n_fields: int, block_size: int | None = None,
 ) -> pa.Table:
+    whole = _Whole(opener, label, n_fields)
     read = pacsv.ReadOptions(use_threads=True, block_size=block_size or (16 << 20))
+    parse = pacsv.ParseOptions(invalid_row_handler=whole.on_invalid)
     conv = pacsv.ConvertOptions(
         column_types=dict(types), include_columns=list(include),
         strings_can_be_null=True, quoted_strings_can_be_null=True,
     )
     try:
-        with opener() as fh:
-            return pacsv.read_csv(fh, read_options=read, convert_options=conv)
+        with whole.open() as fh:
+            table = pacsv.read_csv(fh, read_options=read, parse_options=parse,
+                                   convert_options=conv)
     except GeoplantError:
         raise
     except (pa.ArrowInvalid, pa.ArrowKeyError, OSError, ValueError) as exc:
-        raise _arrow_error(exc, label) from exc
+        raise whole.arrow_error(exc) from exc
+    whole.check_rows()
+    whole.check_end()
+    return table
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,12 +430,21 @@ def _small_int(
 
 
 _CATEGORY = pa.dictionary(pa.int32(), pa.string())
+#: Optional text columns of the GeoPlant metadata (layouts.PA_EXTRA_COLUMNS, PO_EXTRA_COLUMNS);
+#: ``disctrict`` is a spelling the maintainers' own code maps to ``district``.
+_OPTIONAL_TEXT: Final = ("taxonRank", "county", "district", "disctrict", "region", "country")
+_ALIASES: Final = {"disctrict": "district"}
+#: Columns the rows of one PA survey (one row per species) share: a disagreement means two
+#: surveys under one id, or a damaged row. Not areaInM2 (nor geoUncertaintyInM): a real GLC24
+#: survey (2357522, in shared/real-samples) lists areas 100 and 0.1 on two of its rows.
+_SITE_COLUMNS: Final = ("lon", "lat", "year", "region", "country", "county", "district")
 
 
 def _metadata_types(kind: MetadataKind) -> tuple[dict[str, pa.DataType], tuple[str, ...]]:
     """Arrow types of every known column and the required ones."""
+    optional = dict.fromkeys(_OPTIONAL_TEXT, _CATEGORY)
     if kind == "po":
-        types = {
+        types = optional | {
             "publisher": _CATEGORY, "year": pa.float64(), "month": pa.float64(),
             "day": pa.float64(), "lat": pa.float64(), "lon": pa.float64(),
             "geoUncertaintyInM": pa.float64(), "taxonRank": _CATEGORY, "date": pa.string(),
@@ -301,7 +452,7 @@ def _metadata_types(kind: MetadataKind) -> tuple[dict[str, pa.DataType], tuple[s
         }
         # The 2024 Seafile copy of the PO table has no publisher column; accept it.
         return types, tuple(c for c in PO_COLUMNS if c != "publisher")
-    types = {
+    types = optional | {
         "lon": pa.float64(), "lat": pa.float64(), "year": pa.float64(),
         "geoUncertaintyInM": pa.float64(), "areaInM2": pa.float64(), "region": _CATEGORY,
         "country": _CATEGORY, "speciesId": pa.float64(), "surveyId": pa.float64(),
@@ -312,9 +463,70 @@ def _metadata_types(kind: MetadataKind) -> tuple[dict[str, pa.DataType], tuple[s
     return types, required
 
 
+class _SiteCheck:
+    """Rows of one PA survey must agree on its site (:data:`_SITE_COLUMNS`), across blocks.
+
+    A disagreement is never a bad row to drop: the two rows may be two surveys under one id
+    (a damaged or concatenated file), so it raises whatever ``bad_rows`` says.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.seen: pd.DataFrame | None = None  # first row of each survey so far, + "_line"
+
+    def check(self, frame: pd.DataFrame, lines: np.ndarray) -> None:
+        """Check rows (with their 1-based line numbers) against each other and earlier ones."""
+        cols = [c for c in _SITE_COLUMNS if c in frame.columns]
+        site = pd.DataFrame({c: _comparable(frame[c]) for c in cols})
+        site["_line"] = lines
+        site.index = pd.Index(frame["surveyId"].to_numpy(), name="surveyId")
+        first = site[~site.index.duplicated()]
+        self._compare(site, first.reindex(site.index), cols)
+        if self.seen is None:
+            self.seen = first
+            return
+        known = first.index.isin(self.seen.index)
+        self._compare(first[known], self.seen.reindex(first.index[known]), cols)
+        self.seen = pd.concat([self.seen, first[~known]])
+
+    def _compare(self, rows: pd.DataFrame, ref: pd.DataFrame, cols: list[str]) -> None:
+        differ = np.zeros(len(rows), dtype=bool)
+        for c in cols:
+            a, b = rows[c].to_numpy(), ref[c].to_numpy()
+            with np.errstate(invalid="ignore"):
+                differ |= ~((a == b) | (pd.isna(a) & pd.isna(b)))
+        if not differ.any():
+            return
+        lines = rows["_line"].to_numpy()
+        i = int(np.flatnonzero(differ)[np.argmin(lines[differ])])
+        col = next(c for c in cols if not (rows[c].iloc[i] == ref[c].iloc[i]
+                                           or (pd.isna(rows[c].iloc[i])
+                                               and pd.isna(ref[c].iloc[i]))))
+        raise GeoplantError(
+            f"line {lines[i]}: surveyId {rows.index[i]} has {col} {_show(rows[col].iloc[i])} "
+            f"but {_show(ref[col].iloc[i])} on line {ref['_line'].iloc[i]} (rows of one survey "
+            "must agree on its site): two surveys share an id, or a row is damaged",
+            path=self.label, fix="re-download the file, or repair one of the two lines",
+        )
+
+
+def _show(value: object) -> str:
+    """A cell for a message: numbers plainly (``2.5``, not ``np.float64(2.5)``), text quoted."""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+    return "empty" if pd.isna(value) else repr(str(value))
+
+
+def _comparable(column: pd.Series) -> np.ndarray:
+    """Values that compare across blocks (categories differ per block): text as objects."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.astype(object).to_numpy()
+    return column.to_numpy()
+
+
 def _metadata_frame(
     table: pa.Table, kind: MetadataKind, label: str, first_line: int, mode: BadRows,
-    problems: list[RowProblem] | None,
+    problems: list[RowProblem] | None, sites: _SiteCheck | None = None,
 ) -> pd.DataFrame:
     cols: dict[str, object] = {}
     sids = table["surveyId"].to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
@@ -359,15 +571,35 @@ def _metadata_frame(
     if "speciesId" in table.column_names:
         cols["speciesId"] = np.where(fatal, 0, spec).astype(np.int32)
     cols["surveyId"] = np.where(fatal, 0, sids).astype(np.int64)
-    found = ck.finish(mode, problems)
     order = [c for c in table.column_names if c in cols]
     df = pd.DataFrame({c: cols[c] for c in order}, copy=False)
+    df = df.rename(columns={k: v for k, v in _ALIASES.items() if v not in df.columns})
+    if kind != "po":
+        _survey_rows(df, ck, first_line, sites)
+    found = ck.finish(mode, problems)
     bad = ck.bad(mode)
     if bad is not None:
         df = df.loc[~bad].reset_index(drop=True)
     if problems is None:
         _warn(label, found)
     return df
+
+
+def _survey_rows(df: pd.DataFrame, ck: _Checker, first_line: int,
+                 sites: _SiteCheck | None) -> None:
+    """PA rows of one survey agree on its site (else raise), and none is a repeat (a problem).
+
+    Rows that already have a problem take no part: a NaN lat is reported as such.
+    """
+    masks = [m for m in (ck.fatal, ck.value) if m is not None]
+    clean = ~np.logical_or.reduce(masks) if masks else np.ones(len(df), dtype=bool)
+    lines = first_line + np.arange(len(df))
+    if sites is not None:
+        sites.check(df.loc[clean], lines[clean])
+    key = ["surveyId", "speciesId"] if "speciesId" in df.columns else ["surveyId"]
+    repeat = df.duplicated(key).to_numpy() & clean
+    what = "species" if len(key) == 2 else "surveyId (one row per survey)"
+    ck.add(repeat, "surveyId", f"repeated row (same {what})", fatal=True)
 
 
 def _metadata_setup(
@@ -393,11 +625,12 @@ def read_metadata_csv(
     """Read and validate a metadata CSV (PA train, PA test or PO).
 
     Columns are matched by name (order differs between files; extra columns such as
-    malpolon's ``subset`` are kept as read). Dtypes: ``surveyId`` int64, ``speciesId`` int32
-    (parsed from its float text, e.g. ``6310.0``), ``year`` int16, ``lon``/``lat``/
-    ``geoUncertaintyInM``/``areaInM2`` float64 (``areaInM2`` keeps -inf and NaN as they are),
-    ``region``/``country``/``publisher``/``taxonRank`` categorical, PO ``month``/``day``/
-    ``dayOfYear`` nullable Int16 and ``date`` datetime64.
+    malpolon's ``subset`` or GeoPlant's ``county``/``district`` are kept). Dtypes: ``surveyId``
+    int64, ``speciesId`` int32 (parsed from its float text, e.g. ``6310.0``), ``year`` int16,
+    ``lon``/``lat``/``geoUncertaintyInM``/``areaInM2`` float64 (``areaInM2`` keeps -inf and NaN
+    as they are), ``region``/``country``/``publisher``/``taxonRank``/``county``/``district``
+    categorical (``disctrict``, a spelling seen in GeoPlant's code, is renamed ``district``),
+    PO ``month``/``day``/``dayOfYear`` nullable Int16 and ``date`` datetime64.
 
     Parameters
     ----------
@@ -408,18 +641,23 @@ def read_metadata_csv(
     bad_rows, problems
         What to do with bad rows and where to list them (see the module docs). Row checks:
         surveyId/speciesId/year integral and not NaN; lon/lat not NaN and within ±180/±90;
-        geoUncertaintyInM not negative; PO month/day/dayOfYear/date valid.
+        geoUncertaintyInM not negative; PO month/day/dayOfYear/date valid; PA rows not
+        repeated (same survey and species; same survey in a test table).
     name
         Name used in messages (defaults to the path).
 
     Raises
     ------
     GeoplantError
-        Missing file or column, unparseable text, or (``bad_rows="raise"``) any bad row.
+        Missing file or column, unparseable text, a truncated file or a row with the wrong
+        number of fields, PA rows of one survey that disagree on its site (lon, lat, year,
+        region, country, county, district), or
+        (``bad_rows="raise"``) any bad row.
     """
     opener, label, types, include = _metadata_setup(source, kind, name)
-    table = _read_table(opener, label, types, include)
-    return _metadata_frame(table, kind, label, 2, bad_rows, problems)
+    table = _read_table(opener, label, types, include, n_fields=len(include))
+    sites = None if kind == "po" else _SiteCheck(label)
+    return _metadata_frame(table, kind, label, 2, bad_rows, problems, sites)
 
 
 def iter_metadata_csv(
@@ -434,38 +672,56 @@ def iter_metadata_csv(
     """Stream a metadata CSV as validated DataFrames of about ``block_bytes`` of text each.
 
     Same dtypes, checks and options as :func:`read_metadata_csv`; memory stays flat (one block
-    at a time), which is how the 5M-row PO table should be read when memory is tight.
-    Categorical columns carry per-block categories.
+    at a time, plus the next one: a block is yielded once the next is read, so the last one
+    comes only after the end of the file was checked), which is how the 5M-row PO table should
+    be read when memory is tight. Categorical columns carry per-block categories.
     """
     opener, label, types, include = _metadata_setup(source, kind, name)
+    whole = _Whole(opener, label, len(include))
     read = pacsv.ReadOptions(use_threads=True, block_size=block_bytes)
+    parse = pacsv.ParseOptions(invalid_row_handler=whole.on_invalid)
     conv = pacsv.ConvertOptions(
         column_types=types, include_columns=include, strings_can_be_null=True,
         quoted_strings_can_be_null=True,
     )
+    sites = None if kind == "po" else _SiteCheck(label)
     line = 2
-    with opener() as fh:
+    pending: pa.RecordBatch | None = None
+    with whole.open() as fh:
         try:
-            reader = pacsv.open_csv(fh, read_options=read, convert_options=conv)
+            reader = pacsv.open_csv(fh, read_options=read, parse_options=parse,
+                                    convert_options=conv)
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
-            raise _arrow_error(exc, label) from exc
+            raise whole.arrow_error(exc) from exc
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
-                return
+                break
             except (pa.ArrowInvalid, OSError, ValueError) as exc:
-                raise _arrow_error(exc, label) from exc
-            table = pa.Table.from_batches([batch])
-            yield _metadata_frame(table, kind, label, line, bad_rows, problems)
-            line += batch.num_rows
+                raise whole.arrow_error(exc) from exc
+            whole.check_rows()
+            if pending is not None:
+                yield _metadata_frame(pa.Table.from_batches([pending]), kind, label, line,
+                                      bad_rows, problems, sites)
+                line += pending.num_rows
+            pending = batch
+        whole.check_end()
+    if pending is not None:
+        yield _metadata_frame(pa.Table.from_batches([pending]), kind, label, line, bad_rows,
+                              problems, sites)
 
 
 def read_survey_ids_csv(source: CsvSource, *, name: str | None = None) -> np.ndarray:
-    """Only the ``surveyId`` column of any table, as int64 (in file order, duplicates kept)."""
+    """Only the ``surveyId`` column of any table, as int64 (in file order, duplicates kept).
+
+    The file must be whole (see the module docs), as for every reader here.
+    """
     opener, label = _resolve(source, name)
-    _require(read_csv_header(opener, name=label), ("surveyId",), label, "GeoPlant")
-    table = _read_table(opener, label, {"surveyId": pa.float64()}, ["surveyId"])
+    header = read_csv_header(opener, name=label)
+    _require(header, ("surveyId",), label, "GeoPlant")
+    table = _read_table(opener, label, {"surveyId": pa.float64()}, ["surveyId"],
+                        n_fields=len(header))
     sids = table["surveyId"].to_numpy(zero_copy_only=False)
     ck = _Checker(label, 2, sids)
     _key(sids, ck, "surveyId", lo=0, hi=2**62)
@@ -479,7 +735,7 @@ def read_survey_ids_csv(source: CsvSource, *, name: str | None = None) -> np.nda
 
 def read_values_csv(
     source: CsvSource,
-    columns: Sequence[str],
+    columns: Sequence[str] | None,
     *,
     allow_inf: bool = False,
     nonnegative: Sequence[str] = (),
@@ -495,7 +751,8 @@ def read_values_csv(
     source
         Path of the CSV, or a callable returning a fresh binary stream.
     columns
-        Value columns that must all be present (extra columns are ignored).
+        Value columns that must all be present (extra columns are ignored), or None for every
+        column of the header but ``surveyId`` (a table whose columns are not documented).
     allow_inf
         Whether ±inf are valid values (true for the human footprint table).
     nonnegative
@@ -513,9 +770,14 @@ def read_values_csv(
     """
     opener, label = _resolve(source, name)
     header = read_csv_header(opener, name=label)
+    if columns is None:
+        columns = [c for c in header if c != "surveyId"]
+        if not columns:
+            raise GeoplantError("no value column after surveyId", path=label,
+                                fix="check this is the right file and that it is not damaged")
     _require(header, ("surveyId", *columns), label, "value")
     types = {"surveyId": pa.float64()} | {c: pa.float64() for c in columns}
-    table = _read_table(opener, label, types, ["surveyId", *columns])
+    table = _read_table(opener, label, types, ["surveyId", *columns], n_fields=len(header))
     sids = table["surveyId"].to_numpy(zero_copy_only=False)
     ck = _Checker(label, 2, sids)
     bad_key = _key(sids, ck, "surveyId", lo=0, hi=2**62)

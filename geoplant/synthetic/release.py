@@ -31,12 +31,12 @@ from geoplant.layouts import (
     CLIMATE_VARIABLES,
     CLIMATE_YEARS,
     ENV_COLUMNS,
+    FOOTPRINT_PREFIX,
+    FOOTPRINT_V2_ARCHIVE,
     LANDSAT_BANDS,
     LANDSAT_QUARTERS,
     LANDSAT_YEARS,
-    PA_TEST_COLUMNS,
-    PA_TRAIN_COLUMNS,
-    PO_COLUMNS,
+    METADATA_COLUMNS,
     SPLITS,
     LayoutName,
     Location,
@@ -60,6 +60,14 @@ BLOCK: Final = 1_000
 #: Surveys per PO generation chunk.
 PO_CHUNK: Final = 100_000
 _ZIP_TIME: Final = (1980, 1, 1, 0, 0, 0)
+
+#: Stand-in for the v2 human footprint (geoplant layout): a 30 m OpenStreetMap-derived product
+#: whose layer names are not published; these are invented, only their differing from v1's
+#: 16 Venter layers is meant (readers take the columns from the header, the rasters from the
+#: archive's listing).
+HFP_V2_LAYERS: Final = ("built", "roads", "railways", "waterways", "croplands", "pasture",
+                        "total")
+HFP_V2_COLUMNS: Final = tuple(f"HumanFootprint-OSM-{name}" for name in HFP_V2_LAYERS)
 
 _PUBLISHERS: Final = (
     ("Pl@ntNet", 0.38), ("iNaturalist.org", 0.27), ("Observation.org", 0.15),
@@ -253,13 +261,22 @@ def _draw_presences(rng: np.random.Generator, prob: np.ndarray) -> np.ndarray:
     return present
 
 
-def _env_tables(world: World, sites: Sites, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Values of the five pre-extracted env CSV families (columns of layouts.ENV_COLUMNS)."""
+def _env_columns(layout: LayoutName, family: str) -> tuple[str, ...]:
+    """Columns after surveyId of an env table: layouts.ENV_COLUMNS, but the geoplant human
+    footprint is the v2 product (:data:`HFP_V2_COLUMNS`)."""
+    if layout == "geoplant" and family == "human_footprint":
+        return HFP_V2_COLUMNS
+    return ENV_COLUMNS[family]
+
+
+def _env_tables(world: World, sites: Sites, rng: np.random.Generator,
+                layout: LayoutName) -> dict[str, np.ndarray]:
+    """Values of the five pre-extracted env CSV families (columns of :func:`_env_columns`)."""
     env, n = sites.env, len(sites)
     bio = render.bioclim(render.climatology(env)).astype(np.int64)
     elevation = np.round(env["elevation"], 1)
     elevation[rng.random(n) < 3e-4] = np.nan
-    hfp = _hfp_layers(env)
+    hfp = _hfp_v2_layers(env) if layout == "geoplant" else _hfp_layers(env)
     hfp[rng.random(hfp.shape) < 5e-5] = np.inf
     hfp[rng.random(hfp.shape) < 5e-5] = -np.inf
     soil = np.column_stack([env[f"soil_{v}"] for v in
@@ -283,6 +300,15 @@ def _hfp_layers(env: dict[str, np.ndarray]) -> np.ndarray:
         env["lights"] * 0.16, env["navwater"], env["navwater"], pasture, pasture, pop * 0.9, pop,
         rail, roads, env["hfp"] * 0.9, env["hfp"],
     ]
+    return np.round(np.stack(layers, axis=-1).astype(np.float64), 3)
+
+
+def _hfp_v2_layers(env: dict[str, np.ndarray]) -> np.ndarray:
+    """The synthetic v2 human-footprint layers (:data:`HFP_V2_LAYERS`, 0-10; total 0-50)."""
+    crop = np.isin(env["igbp"], (12, 14)) * 7.0
+    pasture = np.isin(env["igbp"], (10,)) * 4.0
+    layers = [env["built"], 8 * env["roads"], np.where(env["railways"] > 0.5, 8.0, 0.0),
+              env["navwater"], crop, pasture, env["hfp"]]
     return np.round(np.stack(layers, axis=-1).astype(np.float64), 3)
 
 
@@ -366,6 +392,8 @@ class _ReleaseWriter:
             sites = world.sites(rng, lon[sl], lat[sl])
             sid = survey_ids[sl]
             meta = _survey_attributes(rng, world, sites)
+            meta["county"], meta["district"] = world.admin_of(sites.lon, sites.lat)
+            meta["taxonRank"] = "SPECIES"
             prob = world.probabilities(sites, meta["areaInM2"].to_numpy())
             present = _draw_presences(rng, prob)
             site_i, species_i = np.nonzero(present)
@@ -373,7 +401,7 @@ class _ReleaseWriter:
                 prob_out[sl] = prob
                 meta.insert(len(meta.columns), "surveyId", sid)
                 self.sink.csv(location(layout, "metadata.pa", split)).append(
-                    meta[list(PA_TEST_COLUMNS)])
+                    meta[list(METADATA_COLUMNS[layout]["pa_test"])])
                 truth_rows = pd.DataFrame({"surveyId": sid[site_i],
                                            "speciesId": world.species_ids[species_i]})
                 self._truth_csv(f"{split}_presences.csv").append(truth_rows)
@@ -387,7 +415,7 @@ class _ReleaseWriter:
                 rows["speciesId"] = world.species_ids[species_i].astype(np.float64)
                 rows["surveyId"] = sid[site_i]
                 self.sink.csv(location(layout, "metadata.pa", split)).append(
-                    rows[list(PA_TRAIN_COLUMNS)])
+                    rows[list(METADATA_COLUMNS[layout]["pa"])])
             n_rows += len(site_i)
             self._write_predictors(split, fams, rng, sites, sid, meta["year"].to_numpy())
         self.counts[f"{split}_rows" if not is_test else f"{split}_presences"] = n_rows
@@ -401,9 +429,9 @@ class _ReleaseWriter:
     def _write_predictors(self, split: str, fams: tuple[str, ...], rng: np.random.Generator,
                           sites: Sites, sid: np.ndarray, year: np.ndarray) -> None:
         layout, sink = self.layout, self.sink
-        for family, values in _env_tables(self.world, sites, rng).items():
+        for family, values in _env_tables(self.world, sites, rng, layout).items():
             sink.csv(location(layout, f"env.{family}", split)).append(
-                _frame(sid, ENV_COLUMNS[family], values))
+                _frame(sid, _env_columns(layout, family), values))
         climate = render.climate_series(rng, sites, self.year_anomaly)
         sink.csv(location(layout, "climate.values", split)).append(
             _frame(sid, _CLIMATE_COLUMNS, climate.transpose(0, 2, 3, 1).reshape(len(sid), -1)
@@ -500,16 +528,18 @@ class _ReleaseWriter:
                 "month": dates.month.astype(np.float64), "day": dates.day.astype(np.float64),
                 "lat": rlat, "lon": rlon, "geoUncertaintyInM": unc, "taxonRank": "SPECIES",
                 "date": dates.strftime("%Y-%m-%d"), "dayOfYear": dates.day_of_year,
+                "region": world.region_of(sites), "district": world.admin_of(rlon, rlat)[1],
             })
             rows = survey.iloc[site_of].reset_index(drop=True)
             rows["speciesId"] = world.species_ids[species].astype(np.float64)
             rows["surveyId"] = survey_ids[sl][site_of]
-            self.sink.csv(location(layout, "metadata.po")).append(rows[list(PO_COLUMNS)])
+            self.sink.csv(location(layout, "metadata.po")).append(
+                rows[list(METADATA_COLUMNS[layout]["po"])])
             if len(fams) > 1:  # geoplant layout: PO env values too
-                for family, values in _env_tables(world, sites, crng).items():
+                for family, values in _env_tables(world, sites, crng, layout).items():
                     if f"env.{family}" in fams:
                         self.sink.csv(location(layout, f"env.{family}", "po_train")).append(
-                            _frame(survey_ids[sl], ENV_COLUMNS[family], values))
+                            _frame(survey_ids[sl], _env_columns(layout, family), values))
         self.counts["po_train_rows"] = int(preset.n_po_rows)
         self.counts["po_train_surveys"] = int(n_surveys)
 
@@ -564,7 +594,10 @@ class _ReleaseWriter:
         for v in ("bdod", "cec", "cfvo", "clay", "nitrogen", "phh2o", "sand", "silt", "soc"):
             layers[f"soil_{v}"] = (np.where(land, np.rint(g[f"soil_{v}"]), -32768)
                                    .astype(np.int16), -32768)
-        for name in raster_names(self.layout):
+        v2 = FOOTPRINT_V2_ARCHIVE[self.layout]
+        names = [n for n in raster_names(self.layout)
+                 if v2 is None or not n.startswith(FOOTPRINT_PREFIX)]
+        for name in names:
             loc = location(self.layout, f"raster.{name}")
             if name == "landcover":
                 data = self._landcover_bands()
@@ -575,9 +608,18 @@ class _ReleaseWriter:
                 blob = _geotiff_bytes(array[None], crs="EPSG:4326", transform=transform,
                                       nodata=nodata)
             self.sink.write_bytes(loc, blob)
+        if v2 is not None:  # the default download has the v2 human footprint only
+            layers_v2 = _hfp_v2_layers(g)
+            for i, layer in enumerate(HFP_V2_LAYERS):
+                array = np.where(land, layers_v2[..., i], -1).astype(np.float32)
+                self.sink.write_bytes(
+                    Location(v2, f"OSM_{layer}.tif"),
+                    _geotiff_bytes(array[None], crs="EPSG:4326", transform=transform, nodata=-1),
+                    compress=True)
+            names += [f"{FOOTPRINT_PREFIX}OSM_{layer}" for layer in HFP_V2_LAYERS]
         if self.layout == "geoplant":
             self._write_bioregions(transform)
-        self.counts["rasters"] = len(raster_names(self.layout))
+        self.counts["rasters"] = len(names)
         del world
 
     def _landcover_bands(self) -> np.ndarray:

@@ -59,6 +59,12 @@ COUNTRIES: Final = (
     ("Estonia", 25.5, 58.7), ("Latvia", 24.8, 56.9), ("Lithuania", 23.9, 55.3),
     ("Ukraine", 30.0, 49.0),
 )
+#: Grid cell sizes (degrees) of the invented counties and districts (see World.admin_of).
+ADMIN_CELLS: Final = (2.0, 0.5)
+_SYLLABLES: Final = (
+    "al", "ber", "ca", "dor", "en", "fel", "gar", "hel", "is", "jor", "ka", "lin", "mar",
+    "nor", "os", "pra", "ri", "sal", "tor", "ul", "ven", "wes", "yor", "zan",
+)
 #: IGBP (MODIS LC_Type1) classes used by the land-cover raster and their habitat group.
 IGBP_TO_HABITAT: Final = {
     1: 0, 4: 1, 5: 1, 7: 4, 9: 4, 10: 2, 11: 5, 12: 3, 13: 6, 14: 3, 15: 7, 16: 7, 17: 5,
@@ -459,6 +465,16 @@ class World:
         out[env["elevation"] > 1100] = "ALPINE"
         return out
 
+    def admin_of(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """County (admin1) and district (admin2) names per site, as GeoPlant's reverse
+        geocoding adds them (``metadata-preprocessing/upscale-location.py``).
+
+        Invented names of coarse grid cells (2 degrees for counties, 0.5 for districts), so
+        they are spatially coherent and depend on the location only (no random draw).
+        """
+        return (_cell_names(lon, lat, ADMIN_CELLS[0], 2, "shire"),
+                _cell_names(lon, lat, ADMIN_CELLS[1], 3, ""))
+
     def country_of(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
         """Nearest country centroid's name per site."""
         names = np.array([c[0] for c in COUNTRIES], dtype=object)
@@ -466,6 +482,24 @@ class World:
         dx = (lon[:, None] - cxy[:, 0]) * np.cos(np.radians(lat))[:, None]
         dy = lat[:, None] - cxy[:, 1]
         return names[np.argmin(dx**2 + dy**2, axis=1)]
+
+
+def _cell_names(lon: np.ndarray, lat: np.ndarray, size: float, syllables: int,
+                suffix: str) -> np.ndarray:
+    """A made-up place name per grid cell of ``size`` degrees: distinct cells, distinct names
+    (over the world's extent), the same name for every site of a cell."""
+    cols = int(np.ceil((EXTENT[2] - EXTENT[0]) / size)) + 1
+    ix = np.floor((np.asarray(lon) - EXTENT[0]) / size).astype(np.int64)
+    iy = np.floor((np.asarray(lat) - EXTENT[1]) / size).astype(np.int64)
+    codes = np.clip(iy, 0, None) * cols + np.clip(ix, 0, cols - 1)
+    names = {}
+    for code in np.unique(codes).tolist():
+        left, parts = code, []
+        for _ in range(syllables):
+            parts.append(_SYLLABLES[left % len(_SYLLABLES)])
+            left //= len(_SYLLABLES)
+        names[code] = ("".join(parts) + suffix).capitalize()
+    return np.array([names[c] for c in codes.tolist()], dtype=object)
 
 
 def _segment_distance(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
