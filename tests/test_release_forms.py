@@ -140,6 +140,11 @@ def test_each_form_builds_the_same_store(forms: dict[str, Path], tmp_path: Path)
     assert manifest["skipped"]["total"] == 0
     assert content["theirs"] == content["zipped"]
     assert content["ours"] == content["zipped"]
+    for form, root in forms.items():  # sources are listed as found: zips or extracted folders
+        sources = json.loads((tmp_path / form / "manifest.json").read_text())["sources"]
+        kinds = {s["kind"] for s in sources}
+        assert len(sources) >= 10 and all((root / s["path"]).exists() for s in sources), form
+        assert "folder" in kinds if form != "zipped" else "file" in kinds
 
 
 # -- member names seen in the wild -------------------------------------------------------------

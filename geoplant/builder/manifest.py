@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geoplant import __version__, layouts
+from geoplant import __version__
 from geoplant.builder.spec import CHUNK_SURVEYS, ENV_FAMILIES, MODALITIES
 from geoplant.builder.storefiles import write_store_file
 from geoplant.files import sha256_file
@@ -33,7 +33,7 @@ def source_entries(raw: Any, splits: Sequence[str],
     """Each source file with size and sha256; per-survey files summarised per folder/archive."""
     entries: list[dict[str, Any]] = []
     wanted = _source_families(modalities)
-    for key in layouts.source_paths(raw.layout, splits, wanted):
+    for key in raw.source_paths(splits, wanted):  # as found: zipped or extracted
         path = Path(raw.root) / key
         if not path.exists():
             continue
