@@ -88,6 +88,7 @@ class PartSource:
     file: str | None = None
     path: str | None = None
     bundle: bool = False
+    alt_paths: tuple[str, ...] = ()  # other names the source may serve it under, tried in turn
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class PartFile:
     size: int | None
     size_approx: bool = False
     sha256: str | None = None
+    remote_path: str | None = None  # where an HTTP/Seafile source serves it, if not ``path``
 
     @property
     def exact_size(self) -> int | None:
@@ -393,6 +395,7 @@ class PartSourceDocument(TypedDict, total=False):
     file: str
     path: str
     bundle: bool
+    alt_paths: list[str]
 
 
 class VolumeDocument(TypedDict):
@@ -402,6 +405,7 @@ class VolumeDocument(TypedDict):
     size: int | None
     sha256: str | None
     size_approx: NotRequired[bool]
+    remote_path: NotRequired[str]
 
 
 class ContentDocument(TypedDict):
@@ -484,7 +488,8 @@ def _build(data: CatalogDocument, path: Path | None) -> Catalog:
     for raw in data["parts"]:
         if "volumes" in raw:
             files = tuple(
-                PartFile(v["path"], v["size"], bool(v.get("size_approx", False)), v["sha256"])
+                PartFile(v["path"], v["size"], bool(v.get("size_approx", False)), v["sha256"],
+                         v.get("remote_path"))
                 for v in raw["volumes"]
             )
         else:
@@ -492,7 +497,8 @@ def _build(data: CatalogDocument, path: Path | None) -> Catalog:
                               raw.get("sha256")),)
         part_sources = {
             name: PartSource(source=name, file=how.get("file"), path=how.get("path"),
-                             bundle=bool(how.get("bundle", False)))
+                             bundle=bool(how.get("bundle", False)),
+                             alt_paths=tuple(how.get("alt_paths", ())))
             for name, how in raw["sources"].items()
         }
         parts.append(Part(

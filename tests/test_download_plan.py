@@ -77,3 +77,30 @@ def test_kaggle_input_mount_is_used_not_downloaded(release, server: MirrorServer
     download(["meta-pa-train"], dest=tmp_path / "h", catalog=catalog, source="http",
              progress=False)
     assert len(server.log) == 1
+
+
+def test_volume_remote_path_and_alt_paths_are_fetched(release, server: MirrorServer,
+                                                      tmp_path: Path) -> None:
+    """A volume the source serves under its own name (`remote_path`), and a file the source
+    serves under another spelling (`alt_paths`, tried after a 404), land at the release path."""
+    import yaml
+
+    catalog, files = release
+    data = yaml.safe_load(catalog.read_text())
+    volumes = next(p for p in data["parts"] if p["name"] == "tiff-po-train")["volumes"]
+    for v in volumes:  # the server keeps them without the release's folder
+        server.files["/mirror/" + Path(v["path"]).name] = server.files.pop("/mirror/" + v["path"])
+        v["remote_path"] = Path(v["path"]).name
+    meta = next(p for p in data["parts"] if p["name"] == "meta-pa-train")
+    server.files["/mirror/PA-metadata-train.csv"] = server.files.pop(
+        "/mirror/GLC24_PA_metadata_train.csv")
+    meta["sources"]["mirror"] = {"alt_paths": ["PA-metadata-train.csv"]}
+    catalog.write_text(yaml.safe_dump(data, sort_keys=False))
+    dest = tmp_path / "d"
+    download(["tiff-po-train", "meta-pa-train"], dest=dest, catalog=catalog, source="http")
+    for path in ("Tiff/PO-Train-part-00.zip", "Tiff/PO-Train-part-01.zip",
+                 "GLC24_PA_metadata_train.csv"):
+        assert (dest / path).read_bytes() == files[path]
+    asked = [e["path"] for e in server.log if e["method"] == "GET"]
+    assert "/mirror/GLC24_PA_metadata_train.csv" in asked  # the catalog name first, then the alt
+    assert "/mirror/Tiff/PO-Train-part-00.zip" not in asked

@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from geoplant.downloader.expect import Expected, Remote
+from geoplant.downloader.expect import Expected, Fetched, Remote
 from geoplant.downloader.extract import extract_part
-from geoplant.downloader.http import fetch_http, open_session
+from geoplant.downloader.http import RemoteNotFound, fetch_http, open_session
 from geoplant.downloader.kaggle import fetch_kaggle, kaggle_api, kaggle_credentials_present
 from geoplant.downloader.lockfile import LockEntry, LockFile, check_file
 from geoplant.downloader.mount import link_mounted
@@ -300,15 +300,28 @@ class _Fetcher:
         self.retries, self.backoff, self.timeout, self.quiet = retries, backoff, timeout, quiet
         self.accept_size = accept_size
 
+    def _fetch_http_any(self, plan: PartPlan, pf: PartFile, target: Path,
+                        expected: Expected) -> tuple[str, Fetched]:
+        """Fetch from the part's URL, else from its alternative names in turn (on a 404)."""
+        assert self.session is not None
+        urls = (plan.urls[pf.path], *plan.alt_urls.get(pf.path, ()))
+        for i, url in enumerate(urls):
+            try:
+                return url, fetch_http(self.session, url, target, expected,
+                                       retries=self.retries, backoff=self.backoff,
+                                       timeout=self.timeout, progress=self.advance)
+            except RemoteNotFound:
+                if i == len(urls) - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def fetch(self, task: _Task) -> None:
         plan, pf, fres = task
         target = self.dest / pf.path
         expected = _expected(plan, pf, self.lock.get(pf.path), accept_size=self.accept_size)
         if plan.method == "http":
             assert self.session is not None
-            url = plan.urls[pf.path]
-            got = fetch_http(self.session, url, target, expected, retries=self.retries,
-                             backoff=self.backoff, timeout=self.timeout, progress=self.advance)
+            url, got = self._fetch_http_any(plan, pf, target, expected)
             fres.url = url
         else:
             got = fetch_kaggle(self.api, plan, self.dest, expected, quiet=self.quiet)

@@ -28,7 +28,7 @@ from geoplant.errors import GeoplantError
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["fetch_http", "open_session"]
+__all__ = ["RemoteNotFound", "fetch_http", "open_session"]
 
 _CHUNK: Final = 256 * 1024
 _RETRY_STATUS: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -38,6 +38,10 @@ _MAX_BACKOFF: Final = 60.0
 class _Retryable(Exception):
     """A transient failure of one attempt (server busy, connection closed early)."""
 
+
+
+class RemoteNotFound(GeoplantError):
+    """The server has no file at this URL (HTTP 404/410): another name may be tried."""
 
 def open_session() -> requests.Session:
     """A ``requests`` session for the mirror downloads of one run."""
@@ -238,6 +242,9 @@ def _open_mode(resp: requests.Response, have: int, known: Remote | None, url: st
         return None
     if resp.status_code in _RETRY_STATUS:
         raise _Retryable(f"HTTP {resp.status_code}")
+    if resp.status_code in (404, 410):
+        raise RemoteNotFound(f"HTTP {resp.status_code} {resp.reason} for {url}",
+                             path=target, fix="check --mirror and the part name")
     if resp.status_code >= 400:
         raise GeoplantError(f"HTTP {resp.status_code} {resp.reason} for {url}",
                             path=target, fix="check --mirror and the part name")

@@ -41,6 +41,7 @@ class PartPlan:
     source: Source | None = None
     part_source: PartSource | None = None
     urls: dict[str, str] = field(default_factory=dict)  # file path -> URL (http)
+    alt_urls: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tried on a 404
     mounted: Path | None = None
     files: dict[str, FileResult] = field(default_factory=dict)
 
@@ -106,12 +107,16 @@ def _plan_http(catalog: Catalog, part: Part, mirror: str | None) -> PartPlan:
             fix="use --source kaggle, or --mirror URL for an HTTP copy of the release")
     src, ps = http[0]
     assert src.url is not None
-    # A source may serve a single-file part under its own path; volumes keep the release's.
-    remote = {f.path: (ps.path if ps.path and len(part.files) == 1 else f.path)
+    # A source may serve a single-file part under its own path, a volume under its
+    # remote_path; otherwise the release's path is the remote one.
+    kind = "seafile" if src.type == "seafile" else "http"
+    single = len(part.files) == 1
+    remote = {f.path: (ps.path if ps.path and single else f.remote_path or f.path)
               for f in part.files}
-    urls = {p: file_url(src.url, r, "seafile" if src.type == "seafile" else "http")
-            for p, r in remote.items()}
-    return PartPlan(part, "http", src.url, src, ps, urls=urls)
+    urls = {p: file_url(src.url, r, kind) for p, r in remote.items()}
+    alt_urls = {f.path: tuple(file_url(src.url, a, kind) for a in ps.alt_paths)
+                for f in part.files if single and ps.alt_paths}
+    return PartPlan(part, "http", src.url, src, ps, urls=urls, alt_urls=alt_urls)
 
 
 def _plan_kaggle(catalog: Catalog, part: Part) -> PartPlan:
