@@ -162,7 +162,8 @@ def load_truth(path: str | os.PathLike[str], split: str | None = None) -> Refere
 
 
 def evaluate_submission(submission: str | os.PathLike[str], truth: ReferenceSets, *,
-                        subset: bool = False) -> dict[str, Any]:
+                        subset: bool = False, bootstrap: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, Any]:
     """Validate ``submission`` against ``truth`` and score it.
 
     Parameters
@@ -174,14 +175,21 @@ def evaluate_submission(submission: str | os.PathLike[str], truth: ReferenceSets
     subset
         Score the submission's surveys only (any subset of the truth's); otherwise it must
         list exactly the truth's surveys.
+    bootstrap
+        Bootstrap resamples of the surveys for the intervals (0: no intervals).
+    seed, level
+        Seed and coverage of the bootstrap intervals
+        (:func:`geoplant.metrics.bootstrap_intervals`).
 
     Returns
     -------
     dict
         ``submission``, ``truth``, ``kind``, ``split``, ``n_surveys``, ``metrics`` (see
-        :func:`geoplant.metrics.evaluate_sets`), ``oracle`` (synthetic truth only: samples-F1
+        :func:`geoplant.metrics.evaluate_sets`; with ``bootstrap``, every score ``<name>``
+        also has ``<name>_ci = [lo, hi]``), ``oracle`` (synthetic truth only: samples-F1
         of the F1-optimal and top-25 sets decoded from the true probabilities, on the same
-        surveys) and ``warnings``.
+        surveys, with their ``_ci``), ``bootstrap`` (resamples, seed, level) and
+        ``warnings``.
     """
     from geoplant import decode, metrics
     from geoplant.submission import read_submission, validate_submission
@@ -209,22 +217,48 @@ def evaluate_submission(submission: str | os.PathLike[str], truth: ReferenceSets
     if y_pred.shape[1] > y_true.shape[1]:
         y_true = sp.hstack([y_true, sp.csr_matrix((len(rows), y_pred.shape[1]
                                                    - y_true.shape[1]), dtype=bool)]).tocsr()
+    y_true, y_pred = metrics.to_indicator(y_true, y_pred)  # once, not per resample
+    boot = {"n": int(bootstrap), "seed": int(seed), "level": float(level)}
+    scores = metrics.evaluate_sets(y_true, y_pred)
     result: dict[str, Any] = {
         "submission": os.fspath(submission), "truth": truth.path, "kind": truth.kind,
         "split": truth.split, "n_surveys": len(eval_ids),
-        "metrics": metrics.evaluate_sets(y_true, y_pred), "oracle": None,
+        "metrics": scores | _intervals(metrics.evaluate_sets, (y_true, y_pred), boot,
+                                       skip=_COUNTS),
+        "oracle": None, "bootstrap": boot if bootstrap > 0 else None,
         "warnings": list(sub.warnings),
     }
     if truth.probabilities is not None and truth.species_ids is not None:
         probs = truth.probabilities[rows]
         own_true = y_true[:, truth.species_ids]
         f1_sets, expected = decode.expected_f1_optimal(probs, return_expected=True)
-        result["oracle"] = {
-            "samples_f1_expected_f1_sets": metrics.samples_f1(own_true, f1_sets),
-            "samples_f1_top_25": metrics.samples_f1(own_true, decode.top_k(probs, 25)),
-            "expected_samples_f1": float(np.mean(expected)) if len(expected) else None,
-        }
+        top25 = decode.top_k(probs, 25)
+
+        def oracle(t: Any, f1: Any, top: Any) -> dict[str, float]:
+            return {"samples_f1_expected_f1_sets": metrics.samples_f1(t, f1),
+                    "samples_f1_top_25": metrics.samples_f1(t, top)}
+
+        result["oracle"] = (oracle(own_true, f1_sets, top25)
+                            | _intervals(oracle, (own_true, f1_sets, top25), boot)
+                            | {"expected_samples_f1": float(np.mean(expected))
+                               if len(expected) else None})
     return result
+
+
+#: Counts, not scores: no interval.
+_COUNTS = ("n_surveys", "n_empty_predictions")
+
+
+def _intervals(metric: Any, arrays: tuple[Any, ...], boot: dict[str, Any],
+               skip: tuple[str, ...] = ()) -> dict[str, list[float]]:
+    """``{<name>_ci: [lo, hi]}`` of every score of ``metric`` (surveys resampled)."""
+    from geoplant import metrics
+
+    if boot["n"] <= 0 or arrays[0].shape[0] == 0:
+        return {}
+    found = metrics.bootstrap_intervals(metric, *arrays, n=boot["n"], seed=boot["seed"],
+                                        level=boot["level"])
+    return {f"{k}_ci": [lo, hi] for k, (lo, hi) in found.items() if k not in skip}
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -239,6 +273,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="test split of a synthetic truth folder (if it has several)")
     parser.add_argument("--subset", action="store_true",
                         help="score the submission's surveys only (a subset of the truth)")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples of the surveys for the 95%% intervals "
+                             "(default 1000; 0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -295,7 +333,9 @@ def run(args: argparse.Namespace) -> int:
     if (Path(args.submission) / "map.json").is_file():
         return _run_maps(args)
     truth = load_truth(args.truth, args.split)
-    result = evaluate_submission(args.submission, truth, subset=args.subset)
+    result = evaluate_submission(args.submission, truth, subset=args.subset,
+                                 bootstrap=getattr(args, "bootstrap", 1000),
+                                 seed=getattr(args, "seed", 0))
     for note in result["warnings"]:
         print(f"geoplant evaluate: warning: {note}", file=sys.stderr)
     if args.json:
@@ -305,17 +345,27 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result['submission']} vs {result['truth']} ({result['kind']}{split}, "
           f"{result['n_surveys']:,} surveys)")
     m = result["metrics"]
+    if result["bootstrap"]:
+        print(f"  [lo, hi]: {result['bootstrap']['level']:.0%} bootstrap intervals "
+              f"({result['bootstrap']['n']} resamples of the surveys)")
     for key, label in _ROWS:
-        print(f"  {label:<34}{m[key]:.4f}")
+        print(f"  {label:<34}{m[key]:.4f}{_ci(m, key)}")
     print(f"  {'empty predictions':<34}{int(m['n_empty_predictions'])}")
     oracle = result["oracle"]
     if oracle:
         best = oracle["samples_f1_expected_f1_sets"]
         share = m["samples_f1"] / best if best else float("nan")
-        print(f"  oracle (true probabilities): samples-F1 {best:.4f} with expected-F1-optimal "
-              f"sets, {oracle['samples_f1_top_25']:.4f} with top-25; this submission reaches "
-              f"{share:.1%} of the oracle")
+        print(f"  oracle (true probabilities): samples-F1 {best:.4f}"
+              f"{_ci(oracle, 'samples_f1_expected_f1_sets')} with expected-F1-optimal sets, "
+              f"{oracle['samples_f1_top_25']:.4f}{_ci(oracle, 'samples_f1_top_25')} with "
+              f"top-25; this submission reaches {share:.1%} of the oracle")
     return 0
+
+
+def _ci(scores: dict[str, Any], key: str) -> str:
+    """`` [lo, hi]`` of a score, or nothing without intervals."""
+    ci = scores.get(f"{key}_ci")
+    return f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
 
 
 def _plain(value: Any) -> Any:

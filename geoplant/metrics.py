@@ -44,7 +44,7 @@ Library functions raise ``ValueError`` for inconsistent arguments (shapes, types
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -56,6 +56,8 @@ __all__ = [
     "SetInput",
     "auc_per_sample",
     "auc_per_species",
+    "bootstrap_interval",
+    "bootstrap_intervals",
     "confusion_per_sample",
     "confusion_per_species",
     "evaluate_scores",
@@ -559,3 +561,110 @@ def evaluate_scores(y_true: np.ndarray | sp.spmatrix | sp.sparray, y_score: Arra
         "auc_samples": nanmean(a_sa),
         "max_tss": nanmean(mt),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# uncertainty: bootstrap over surveys
+
+
+def _n_rows(arrays: Sequence[Any]) -> int:
+    if not arrays:
+        raise ValueError("bootstrap needs at least one array (surveys on the rows)")
+    sizes = {a.shape[0] if hasattr(a, "shape") else len(a) for a in arrays}
+    if len(sizes) != 1:
+        raise ValueError(f"arrays have different numbers of rows: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _take_rows(a: Any, rows: np.ndarray) -> Any:
+    if sp.issparse(a):
+        return a[rows]
+    if isinstance(a, np.ndarray):
+        return a[rows]
+    return [a[int(i)] for i in rows]  # a sequence of id sets
+
+
+def _replicates(metric: Callable[..., Any], arrays: Sequence[Any], n: int,
+                seed: int) -> Iterable[Any]:
+    """``metric`` on ``n`` resamples of the rows (with replacement, the same rows for all)."""
+    n_rows = _n_rows(arrays)
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        rows = rng.integers(0, n_rows, n_rows)
+        yield metric(*(_take_rows(a, rows) for a in arrays))
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _check_bootstrap(n: int, level: float) -> None:
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def bootstrap_interval(metric: Callable[..., float], *arrays: Any, n: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of a score, resampling surveys (rows).
+
+    Parameters
+    ----------
+    metric
+        ``metric(*arrays) -> float``, e.g. :func:`samples_f1` or
+        ``lambda t, s: float(np.nanmean(auc_per_species(t, s)))``.
+    *arrays
+        The metric's inputs, surveys on the rows: NumPy arrays, ``scipy.sparse`` matrices or
+        sequences (id sets); each resample takes the same rows of every array.
+    n
+        Bootstrap resamples.
+    seed
+        Seed of the resampling (the interval is deterministic per seed).
+    level
+        Coverage of the interval (0.95: the 2.5 and 97.5 percentiles).
+
+    Returns
+    -------
+    (float, float)
+        ``(lo, hi)``; resamples where the metric is NaN (e.g. an AUC with no presence) are
+        dropped; ``(nan, nan)`` if all are.
+
+    Examples
+    --------
+    >>> y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    >>> lo, hi = bootstrap_interval(samples_f1, y, y, n=50)
+    >>> (lo, hi)
+    (1.0, 1.0)
+    """
+    _check_bootstrap(n, level)
+    values = np.fromiter((float(v) for v in _replicates(metric, arrays, n, seed)),
+                         dtype=np.float64, count=n)
+    return _percentiles(values, level)
+
+
+def bootstrap_intervals(metric: Callable[..., Mapping[str, float]], *arrays: Any,
+                        n: int = 1000, seed: int = 0, level: float = 0.95
+                        ) -> dict[str, tuple[float, float]]:
+    """:func:`bootstrap_interval` of every score of a metric returning a dict.
+
+    One resample feeds all the scores (e.g. :func:`evaluate_sets`), so their intervals come
+    from the same resamples and cost one metric call each.
+
+    Returns
+    -------
+    dict
+        ``{name: (lo, hi)}`` for every key of the metric's result.
+    """
+    _check_bootstrap(n, level)
+    collected: dict[str, list[float]] = {}
+    for result in _replicates(metric, arrays, n, seed):
+        for key, value in result.items():
+            collected.setdefault(key, []).append(float(value))
+    return {k: _percentiles(np.asarray(v, dtype=np.float64), level)
+            for k, v in collected.items()}

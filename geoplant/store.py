@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -262,6 +263,52 @@ class Store:
                               storage_options=self.storage_options or None)
             out[name] = ds[name]
         return out
+
+    @cached_property
+    def _rasters_cached(self) -> dict[str, xr.DataArray]:
+        return self.rasters()
+
+    def extract(self, lon: Any, lat: Any, variables: Sequence[str] | None = None, *,
+                block: int | None = None) -> xr.Dataset:
+        """Sample the environmental rasters at points (EPSG:4326 lon/lat).
+
+        Each point takes the value of its raster cell (nearest cell centre, as
+        ``.sel(x=..., y=..., method="nearest")`` within half a cell), read lazily with dask
+        a block of points at a time; points are reprojected to a raster's CRS when it is not
+        EPSG:4326. See :mod:`geoplant.points`.
+
+        Parameters
+        ----------
+        lon, lat
+            Coordinates of the points (array-likes of one length).
+        variables
+            Raster names (``bio1``, ``landcover``...) or env-cube column names (``Bio1``,
+            ``LandCover``...: mapped with :func:`geoplant.maps.raster_source`); None: all.
+        block
+            Points per block (default :data:`geoplant.points.DEFAULT_BLOCK`).
+
+        Returns
+        -------
+        xarray.Dataset
+            Dim ``point`` with coords ``lon``/``lat``; one float32 variable per raster (named
+            like it; NaN outside the grid or at nodata; a multi-band raster keeps a
+            ``<name>_band`` dim), a boolean ``valid_<name>`` mask per variable and
+            ``inside`` per point. :func:`geoplant.points.point_features` gives the values in
+            the env cube's column order.
+
+        Raises
+        ------
+        GeoplantError
+            The store has no rasters, or a variable matches none.
+        """
+        from geoplant.points import DEFAULT_BLOCK, extract_rasters
+
+        rasters = self._rasters_cached
+        if not rasters:
+            raise GeoplantError("the store has no environmental rasters", path=self.path,
+                                fix="build it with its rasters (geoplant build without "
+                                    "--no-rasters)")
+        return extract_rasters(rasters, lon, lat, variables, block=block or DEFAULT_BLOCK)
 
     def info(self) -> dict[str, Any]:
         """A summary: layout, counts, modalities, skipped items, sizes."""

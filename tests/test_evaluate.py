@@ -82,3 +82,32 @@ def test_evaluate_errors(glc24_tiny: Path, tmp_path: Path) -> None:
                            [[unknown]] * len(truth.survey_ids))
     with pytest.raises(GeoplantError, match=f"line 2: species id {unknown} is not a known"):
         evaluate_submission(sub, load_truth(glc24_tiny))
+
+
+def test_evaluate_intervals(glc24_tiny: Path, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    truth = read_synthetic_truth(glc24_tiny)
+    sub = write_submission(tmp_path / "top10.csv", truth.survey_ids,
+                           top_k(truth.probabilities, 10), species_ids=truth.species_ids)
+    assert run(_args(submission=str(sub), truth=str(glc24_tiny), json=True,
+                     bootstrap=200, seed=1)) == 0
+    out = json.loads(capsys.readouterr().out)
+    m = out["metrics"]
+    for key in ("samples_f1", "micro_f1", "macro_f1", "mean_predicted"):
+        lo, hi = m[f"{key}_ci"]
+        assert lo <= m[key] <= hi, key
+    assert "n_surveys_ci" not in m and out["bootstrap"] == {"n": 200, "seed": 1,
+                                                            "level": 0.95}
+    lo, hi = out["oracle"]["samples_f1_expected_f1_sets_ci"]
+    assert lo <= out["oracle"]["samples_f1_expected_f1_sets"] <= hi
+    # the same seed gives the same intervals; the text report prints them
+    again = evaluate_submission(sub, load_truth(glc24_tiny), bootstrap=200, seed=1)
+    assert again["metrics"]["samples_f1_ci"] == m["samples_f1_ci"]
+    assert run(_args(submission=str(sub), truth=str(glc24_tiny), bootstrap=100)) == 0
+    text = capsys.readouterr().out
+    lo, hi = evaluate_submission(sub, load_truth(glc24_tiny), bootstrap=100)["metrics"][
+        "samples_f1_ci"]
+    assert f"[{lo:.4f}, {hi:.4f}]" in text and "bootstrap intervals" in text
+    # no bootstrap: no intervals
+    plain = evaluate_submission(sub, load_truth(glc24_tiny), bootstrap=0)
+    assert "samples_f1_ci" not in plain["metrics"] and plain["bootstrap"] is None

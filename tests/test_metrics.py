@@ -137,3 +137,61 @@ def test_evaluate_summaries() -> None:
     assert out["mean_predicted"] == pytest.approx(p.sum(1).mean())
     scores = gm.evaluate_scores(t, rng.random(t.shape) + t, k=5)
     assert scores["auc_species"] > 0.7 and scores["top_5_recall"] > 0.3
+
+
+# ---------------------------------------------------------------------------------------------
+# bootstrap intervals
+
+
+def _f1_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return _random_sets(rng, n=n, s=30, density=0.3)
+
+
+def test_bootstrap_brackets_point_estimate_and_is_deterministic() -> None:
+    t, p = _f1_data(200)
+    point = gm.samples_f1(t, p)
+    lo, hi = gm.bootstrap_interval(gm.samples_f1, t, p, n=300, seed=3)
+    assert lo < point < hi
+    assert gm.bootstrap_interval(gm.samples_f1, t, p, n=300, seed=3) == (lo, hi)
+    assert gm.bootstrap_interval(gm.samples_f1, t, p, n=300, seed=4) != (lo, hi)
+    # sparse rows and id sets give the same resamples, hence the same interval
+    assert gm.bootstrap_interval(gm.samples_f1, sp.csr_matrix(t), sp.csr_matrix(p), n=300,
+                                 seed=3) == pytest.approx((lo, hi))
+    sets_t = [np.flatnonzero(r) for r in t]
+    sets_p = [np.flatnonzero(r) for r in p]
+    assert gm.bootstrap_interval(gm.samples_f1, sets_t, sets_p, n=300,
+                                 seed=3) == pytest.approx((lo, hi))
+    # a wider level gives a wider interval
+    lo99, hi99 = gm.bootstrap_interval(gm.samples_f1, t, p, n=300, seed=3, level=0.99)
+    assert lo99 <= lo and hi99 >= hi
+
+
+def test_bootstrap_shrinks_with_more_surveys() -> None:
+    small = gm.bootstrap_interval(gm.samples_f1, *_f1_data(50), n=300)
+    large = gm.bootstrap_interval(gm.samples_f1, *_f1_data(2000), n=300)
+    assert large[1] - large[0] < 0.5 * (small[1] - small[0])
+
+
+def test_bootstrap_ranking_metric_and_dict() -> None:
+    rng = np.random.default_rng(1)
+    t = rng.random((300, 12)) < 0.3
+    s = t + rng.normal(0, 0.8, t.shape)
+
+    def auc(tt: np.ndarray, ss: np.ndarray) -> float:
+        return float(np.nanmean(gm.auc_per_species(tt, ss)))
+
+    lo, hi = gm.bootstrap_interval(auc, sp.csr_matrix(t), s, n=200)
+    assert lo < auc(t, s) < hi
+    found = gm.bootstrap_intervals(gm.evaluate_sets, t, t > 0, n=50)
+    assert found["samples_f1"] == (1.0, 1.0) and "tss" in found
+
+
+def test_bootstrap_errors_and_nan() -> None:
+    t, p = _f1_data(20)
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        gm.bootstrap_interval(gm.samples_f1, t, p[:10])
+    with pytest.raises(ValueError, match="level"):
+        gm.bootstrap_interval(gm.samples_f1, t, p, level=1.5)
+    lo, hi = gm.bootstrap_interval(lambda a: float("nan"), t, n=10)
+    assert np.isnan(lo) and np.isnan(hi)

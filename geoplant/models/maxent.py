@@ -1,0 +1,288 @@
+"""MaxEnt on presence-only (PO) records, through elapid (one ``MaxentModel`` per species).
+
+Presence-only records say where a species was seen, not where it is absent. MaxEnt contrasts
+the environment at a species' presences with the environment *available* to it, sampled as
+background points:
+
+- ``background="uniform"``: random land cells of the raster grid (what is available);
+- ``background="target-group"``: the locations of *all* PO records of all species (Phillips
+  et al. 2009). Observers go where observers go (towns, roads): background points drawn from
+  the same observation effort carry the same bias as the presences, so the bias cancels in
+  the presence/background contrast instead of being learnt as "habitat".
+
+Features are the store's rasters sampled at the points (:meth:`geoplant.store.Store.extract`),
+in the env cube's column order (``Bio1``... see :func:`geoplant.points.point_features`), so
+``predict_proba`` takes the same columns as the env cube (``store.cube(split)["env"]``).
+Species with fewer than ``min_records`` PO sites are not fitted: they get their PO frequency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from geoplant.errors import GeoplantError
+
+if TYPE_CHECKING:
+    from geoplant.store import Store
+
+__all__ = ["BACKGROUNDS", "MaxentPO", "background_points", "po_sites"]
+
+#: Background kinds.
+BACKGROUNDS: Final = ("uniform", "target-group")
+Background = Literal["uniform", "target-group"]
+
+
+def background_points(store: Store, kind: Background, n: int, *, seed: int = 0,
+                      reference: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` background locations (EPSG:4326 lon, lat).
+
+    Parameters
+    ----------
+    store
+        An open store (``po_train`` records; rasters for ``"uniform"``).
+    kind
+        ``"uniform"``: cell centres drawn uniformly among the land cells (finite values) of
+        the ``reference`` raster (default ``bio1``, else the first); ``"target-group"``: the
+        locations of PO records drawn uniformly among all records of all species (so places
+        with more observation effort give more background, as they give more presences).
+    n
+        Number of points (drawn without replacement when there are enough candidates).
+    seed
+        Seed of the draw.
+    reference
+        Raster defining land (``"uniform"`` only).
+    """
+    rng = np.random.default_rng(seed)
+    if kind == "target-group":
+        po = store.records("po_train", columns=["lon", "lat"])
+        rows = rng.choice(len(po), n, replace=n > len(po))
+        return po["lon"].to_numpy(np.float64)[rows], po["lat"].to_numpy(np.float64)[rows]
+    if kind != "uniform":
+        raise GeoplantError(f"unknown background {kind!r}", fix=f"use one of {BACKGROUNDS}")
+    return _uniform_land(store, n, rng, reference)
+
+
+def _uniform_land(store: Store, n: int, rng: np.random.Generator,
+                  reference: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Cell centres of random land cells, in lon/lat."""
+    rasters = store.rasters()
+    if not rasters:
+        raise GeoplantError("a uniform background needs the store's rasters", path=store.path,
+                            fix="build the store with its rasters, or use target-group")
+    name = reference or ("bio1" if "bio1" in rasters else next(iter(rasters)))
+    da = rasters[name]
+    da = da.isel(band=0) if "band" in da.dims else da
+    land = np.flatnonzero(np.isfinite(np.asarray(da.values, dtype=np.float64)).ravel())
+    if not len(land):
+        raise GeoplantError(f"raster {name!r} has no finite cell", path=store.path)
+    cells = rng.choice(land, n, replace=n > len(land))
+    iy, ix = np.unravel_index(cells, (da.sizes["y"], da.sizes["x"]))
+    x, y = da["x"].values[ix], da["y"].values[iy]
+    from pyproj import CRS, Transformer
+
+    crs = da.rio.crs
+    if crs is not None and not CRS.from_user_input(crs).equals(CRS.from_epsg(4326)):
+        x, y = Transformer.from_crs(CRS.from_user_input(crs), 4326,
+                                    always_xy=True).transform(x, y)
+    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+
+
+def po_sites(store: Store) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
+    """PO surveys as sites: ``(lon, lat, presences)``; presences (sites x store species)."""
+    labels = store.labels("po_train")
+    coords = store.records("po_train", columns=["surveyId", "lon", "lat"]) \
+        .drop_duplicates("surveyId").set_index("surveyId").loc[labels.survey_ids]
+    return (coords["lon"].to_numpy(np.float64), coords["lat"].to_numpy(np.float64),
+            labels.matrix.tocsr())
+
+
+class MaxentPO:
+    """Presence-only MaxEnt per species (elapid), background uniform or target-group.
+
+    Parameters
+    ----------
+    background
+        ``"target-group"`` (default; corrects observer bias) or ``"uniform"``.
+    n_background
+        Background points.
+    min_records
+        Species with fewer presence sites are not fitted (they get their PO frequency).
+    max_species
+        Fit at most this many species (the most recorded); others get their frequency.
+    feature_types
+        elapid / MaxEnt feature classes (``"linear"``, ``"quadratic"``, ``"hinge"``,
+        ``"product"``, ``"threshold"``).
+    beta_multiplier
+        MaxEnt regularisation multiplier.
+    n_hinge_features
+        Hinge knots per variable.
+    categorical
+        Feature names treated as categorical (one-hot; default: ``LandCover``).
+    seed
+        Seed of the background draw and of elapid.
+
+    Attributes
+    ----------
+    feature_names_
+        Columns of ``X`` (set by :meth:`fit_store`; ``fit`` keeps the given names).
+    fitted_species_
+        Column indices of the fitted species.
+    models_
+        ``{column: elapid.MaxentModel}``.
+    prior_
+        PO frequency of each species (share of PO sites listing it): the fallback.
+    """
+
+    def __init__(self, *, background: Background = "target-group", n_background: int = 10_000,
+                 min_records: int = 20, max_species: int | None = None,
+                 feature_types: Sequence[str] = ("linear", "quadratic", "hinge"),
+                 beta_multiplier: float = 1.5, n_hinge_features: int = 10,
+                 categorical: Sequence[str] = ("LandCover",), seed: int = 0) -> None:
+        if background not in BACKGROUNDS:
+            raise GeoplantError(f"unknown background {background!r}",
+                                fix=f"use one of {BACKGROUNDS}")
+        if n_background < 1:
+            raise GeoplantError(f"n_background must be >= 1, got {n_background}")
+        self.background = background
+        self.n_background = int(n_background)
+        self.min_records = int(min_records)
+        self.max_species = max_species
+        self.feature_types = list(feature_types)
+        self.beta_multiplier = float(beta_multiplier)
+        self.n_hinge_features = int(n_hinge_features)
+        self.categorical = list(categorical)
+        self.seed = int(seed)
+        self.feature_names_: list[str] = []
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit_store(self, store: Store, feature_names: Sequence[str] | None = None) -> Self:
+        """Fit on the store's PO records: presences at PO sites, background drawn per
+        :attr:`background`, features extracted from the rasters.
+
+        Parameters
+        ----------
+        store
+            An open store with ``po_train`` records and rasters.
+        feature_names
+            Env-cube column names (default: all the env cube's columns, ``pa_train`` order).
+        """
+        from geoplant.points import point_features
+
+        if feature_names is None:
+            split = next(s for s in store.splits if s != "po_train")
+            feature_names = [str(v) for v in store.cube(split)["env_variable"].values]
+        names = [str(n) for n in feature_names]
+        rasters = store.rasters()
+        lon, lat, Y = po_sites(store)
+        X = point_features(rasters, lon, lat, names)
+        blon, blat = background_points(store, self.background, self.n_background,
+                                       seed=self.seed)
+        B = point_features(rasters, blon, blat, names)
+        self.fit(X, Y, background=B, feature_names=names)
+        self.background_lonlat_ = np.column_stack([blon, blat])
+        return self
+
+    def fit(self, X: Any, Y: Any, *, background: Any | None = None,
+            feature_names: Sequence[str] | None = None) -> Self:
+        """Fit one MaxEnt model per species with enough presence sites.
+
+        Parameters
+        ----------
+        X
+            Features of the PO sites ``(n_sites, n_features)``.
+        Y
+            Presences ``(n_sites, n_species)`` (dense 0/1 or sparse).
+        background
+            Background features ``(n_background, n_features)``. May be omitted with
+            ``background="target-group"``: ``n_background`` rows of ``X`` are then drawn
+            (the sites of all species are the target group).
+        feature_names
+            Column names (for the categorical columns and for saving).
+        """
+        X = _as_2d(X, "X")
+        Ym = sp.csc_matrix(Y if sp.issparse(Y) else np.asarray(Y) != 0)
+        if Ym.shape[0] != len(X):
+            raise GeoplantError(f"Y has {Ym.shape[0]} rows for {len(X)} sites")
+        names = [str(n) for n in feature_names] if feature_names is not None \
+            else [f"x{i}" for i in range(X.shape[1])]
+        if len(names) != X.shape[1]:
+            raise GeoplantError(f"{len(names)} feature names for {X.shape[1]} features")
+        B = self._background(X, background)
+        self.feature_names_ = names
+        # sites and background off the grid carry no environment: left out
+        keep = np.isfinite(X).any(axis=1)
+        B = B[np.isfinite(B).any(axis=1)]
+        self.fill_ = np.nan_to_num(np.nanmedian(np.vstack([X[keep], B]), axis=0))
+        Xf, Bf = self._impute(X[keep]), self._impute(B)
+        Yk = Ym[keep]
+        counts = np.asarray(Yk.sum(axis=0)).ravel()
+        self.prior_ = counts / max(len(Xf), 1)
+        candidates = np.flatnonzero(counts >= self.min_records)
+        candidates = candidates[np.argsort(-counts[candidates], kind="stable")]
+        if self.max_species is not None:
+            candidates = candidates[:self.max_species]
+        self.fitted_species_ = np.sort(candidates)
+        self.models_: dict[int, Any] = {}
+        cat = [i for i, n in enumerate(names) if n in self.categorical]
+        for col in self.fitted_species_:
+            present = Yk[:, col].nonzero()[0]
+            self.models_[int(col)] = self._fit_one(Xf[present], Bf, cat)
+        self.n_species_ = Ym.shape[1]
+        return self
+
+    def _background(self, X: np.ndarray, background: Any | None) -> np.ndarray:
+        if background is not None:
+            B = _as_2d(background, "background")
+            if B.shape[1] != X.shape[1]:
+                raise GeoplantError(f"background has {B.shape[1]} features, X has "
+                                    f"{X.shape[1]}")
+            return B
+        if self.background != "target-group":
+            raise GeoplantError("a uniform background needs background points",
+                                fix="pass background=... or use fit_store(store)")
+        rng = np.random.default_rng(self.seed)
+        return X[rng.choice(len(X), self.n_background, replace=self.n_background > len(X))]
+
+    def _impute(self, X: np.ndarray) -> np.ndarray:
+        # elapid cannot take NaN: a missing value gets the training median
+        return np.where(np.isfinite(X), X, self.fill_)
+
+    def _fit_one(self, presences: np.ndarray, background: np.ndarray,
+                 categorical: list[int]) -> Any:
+        from elapid import MaxentModel
+
+        model = MaxentModel(feature_types=self.feature_types, transform="cloglog",
+                            beta_multiplier=self.beta_multiplier,
+                            n_hinge_features=self.n_hinge_features, n_cpus=1,
+                            use_sklearn=True, random_state=self.seed)
+        x = np.vstack([presences, background])
+        y = np.r_[np.ones(len(presences)), np.zeros(len(background))]
+        model.fit(x, y, categorical=categorical or None)
+        return model
+
+    # -- prediction ---------------------------------------------------------------------------
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """MaxEnt cloglog outputs ``(n, n_species)`` (float32); PO frequency for the species
+        not fitted. ``X`` holds the env columns in :attr:`feature_names_` order."""
+        if not hasattr(self, "models_"):
+            raise GeoplantError("MaxentPO is not fitted", fix="call fit_store(store) first")
+        X = _as_2d(X, "X")
+        if X.shape[1] != len(self.fill_):
+            raise GeoplantError(f"X has {X.shape[1]} features, the model was fitted on "
+                                f"{len(self.fill_)}")
+        Xf = self._impute(X)
+        out = np.tile(self.prior_.astype(np.float32), (len(X), 1))
+        for col, model in self.models_.items():
+            out[:, col] = np.asarray(model.predict(Xf), dtype=np.float32).ravel()
+        return out
+
+
+def _as_2d(X: Any, name: str) -> np.ndarray:
+    arr = np.asarray(X, dtype=np.float64)
+    if arr.ndim != 2:
+        raise GeoplantError(f"{name} must be 2-d (n, n_features), got shape {arr.shape}")
+    return arr
