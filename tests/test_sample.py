@@ -328,3 +328,14 @@ def test_cli_refuses_non_empty_and_unwritable_out(tmp_path: Path) -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert str(blocker / "below") in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_truth_has_a_status_table_for_the_map_indicators(glc24_tiny: Path) -> None:
+    truth = glc24_tiny / "truth"
+    status = pd.read_csv(truth / "status.csv")
+    species = pd.read_csv(truth / "species.csv")
+    assert sorted(status["speciesId"]) == sorted(species["speciesId"])
+    counts = status["status"].value_counts()
+    assert set(counts.index) == {"CR", "EN", "VU", "NT", "LC"}
+    rarest = species.sort_values(["prevalence", "speciesId"])["speciesId"].iloc[0]
+    assert status.set_index("speciesId").loc[rarest, "status"] == "CR"

@@ -680,6 +680,10 @@ class _ReleaseWriter:
             "detectability": world.detectability, "intercept": world.intercept,
         })
         species.to_csv(self.truth / "species.csv", index=False, lineterminator="\n")
+        from geoplant.synthetic.maps import synthetic_status_table  # reads species.csv
+
+        synthetic_status_table(self.truth).to_csv(self.truth / "status.csv", index=False,
+                                                  lineterminator="\n")
         for split in test_splits:
             presences = pd.read_csv(self.truth / f"{split}_presences.csv")
             grouped = presences.groupby("surveyId")["speciesId"].apply(
@@ -714,8 +718,11 @@ Written by `geoplant sample`. For every PA test split `<split>`:
 - `<split>_hidden.csv`: the hidden local habitat, greenness, wetness and warming trend per
   survey (what only the satellite and climate series reveal).
 
-`species.csv` lists every species of the world; `parameters.json` holds the generator's
-parameters (seed, preset, niches, the probability model) and the counts written.
+`species.csv` lists every species of the world; `status.csv` (speciesId,status) gives each a
+conservation status for the map indicators (rarity standing in for threat: the rarest 5% CR,
+10% EN, 15% VU, 10% NT, the rest LC); `parameters.json` holds the generator's parameters
+(seed, preset, niches, the probability model) and the counts written. `maps/` (written on
+demand by `geoplant evaluate MAPS --truth ...`) holds the true probability maps.
 """
 
 
