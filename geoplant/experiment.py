@@ -5,7 +5,7 @@ flow is::
 
     store = open_store(locate_data(data))
     plan = make_plan(store)                           # spatial-block validation split
-    val, test = fit_torch(store, plan, ["landsat"])   # or fit_classic(store, plan, "logistic")
+    val, test, result = fit_torch(store, plan, ["landsat"])  # or fit_classic(..., "logistic")
     decoder = choose_decoder(val)                     # tuned on validation only
     metrics = score(store, plan, test, decoder)       # vs the synthetic truth when there is one
     write_metrics(out_dir, metrics)
@@ -13,8 +13,11 @@ flow is::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,9 @@ from geoplant.store import Store
 if TYPE_CHECKING:  # torch and the models load only when a step needs them
     from geoplant.models import EnvLogisticBaseline, FrequencyBaseline
     from geoplant.train import TrainResult
+
+#: The normalisation statistics :func:`fit_torch` used, in its ``out_dir``.
+NORMALIZATION_FILE = "normalization.json"
 
 #: Where Kaggle mounts attached datasets.
 KAGGLE_INPUT = Path(os.environ.get("GEOPLANT_KAGGLE_INPUT", "/kaggle/input"))
@@ -134,43 +140,344 @@ def _frequency(store: Store, ids: np.ndarray) -> np.ndarray:
     return np.asarray(labels.mean(axis=0)).ravel()
 
 
+@dataclass(frozen=True)
+class TorchJob:
+    """The settings of :func:`fit_torch` (JSON values): all a training process needs besides
+    the store, the plan and the normalisation statistics. See :func:`fit_torch`."""
+
+    modalities: tuple[str, ...]
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 1e-3
+    loss: str = "bce"
+    seed: int = 0
+    num_workers: int = 0
+    patience: int | None = 4
+    encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    weights: str | None = "random"
+    amp: str = "auto"
+    channels_last: bool = False
+    torch_compile: bool | str = False
+    grad_accum_steps: int = 1
+    checkpoint_dir: str | None = None
+    fresh: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly copy (for a worker's job file)."""
+        return {**dataclasses.asdict(self), "modalities": list(self.modalities)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TorchJob:
+        """The job :meth:`to_dict` described."""
+        return cls(**{**d, "modalities": tuple(d["modalities"])})
+
+
+def _ids_sha256(ids: np.ndarray) -> str:
+    """sha256 of the sorted unique survey ids as little-endian int64 (as
+    :func:`geoplant.stats.compute_normalization_stats` records a subset)."""
+    return hashlib.sha256(np.ascontiguousarray(np.unique(np.asarray(ids, np.int64)), "<i8")
+                          .tobytes()).hexdigest()
+
+
+def training_stats(store: Store, plan: Plan, modalities: list[str] | tuple[str, ...],
+                   out_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Normalisation statistics of the plan's *training* surveys (the validation blocks must
+    not leak into them), kept in ``out_dir/normalization.json``.
+
+    The file is reused when it describes the same surveys and modalities; it is also what
+    a later prediction on new data must normalise with.
+
+    Parameters
+    ----------
+    store, plan, modalities
+        What to describe: ``plan.train_ids`` of ``pa_train``.
+    out_dir
+        Where to keep the file (None: computed every time, not written).
+
+    Returns
+    -------
+    dict
+        As :func:`geoplant.stats.compute_normalization_stats` returns.
+    """
+    from geoplant.stats import compute_normalization_stats
+
+    path = Path(out_dir) / NORMALIZATION_FILE if out_dir is not None else None
+    key = _ids_sha256(plan.train_ids)
+    if path is not None and path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("survey_ids_sha256") == key and set(modalities) <= set(
+                cached.get("modalities", {})):
+            return cached
+    stats = compute_normalization_stats(store, "pa_train", list(modalities),
+                                        survey_ids=plan.train_ids, write=False)
+    if path is not None:
+        atomic_write_text(path, json.dumps(stats, indent=1) + "\n")
+    return stats
+
+
+def _encoder_kwargs(job: TorchJob) -> dict[str, dict[str, Any]]:
+    """Per-modality encoder arguments: the job's, with the Sentinel-2 weights it names."""
+    kwargs = {m: dict(v) for m, v in job.encoder_kwargs.items()}
+    if "sentinel2" in job.modalities:
+        kwargs.setdefault("sentinel2", {}).setdefault("weights", job.weights)
+    return kwargs
+
+
+def _build_model(store: Store, plan: Plan, job: TorchJob, stats: Mapping[str, Any]) -> Any:
+    """The :class:`~geoplant.models.MultimodalSDM` of ``job`` (seed first for the same
+    initial weights everywhere), normalising its inputs on the device with ``stats``
+    (:class:`~geoplant.torch.DeviceNormalizer`: saved with its weights)."""
+    from geoplant.models import MultimodalSDM
+    from geoplant.torch import DeviceNormalizer
+
+    return MultimodalSDM(list(job.modalities), len(store.species),
+                         encoder_kwargs=_encoder_kwargs(job),
+                         prior=_frequency(store, plan.train_ids),
+                         normalizer=DeviceNormalizer.from_stats(stats, job.modalities))
+
+
+def _datasets(store: Store, plan: Plan, modalities: list[str] | tuple[str, ...],
+              stats: Mapping[str, Any], parts: tuple[str, ...]) -> list[Any]:
+    """The plan's ``"train"``, ``"val"`` or ``"test"`` surveys as datasets in stored dtypes
+    (Sentinel-2 uint8: a quarter of the bytes through workers and to the device); the
+    model's normaliser standardises them with ``stats`` on the device."""
+    from geoplant.torch import SurveyDataset
+
+    where = {"train": ("pa_train", plan.train_ids), "val": ("pa_train", plan.val_ids),
+             "test": (plan.test_split, plan.test_ids)}
+    return [SurveyDataset(store, where[p][0], list(modalities), normalize=False,
+                          stats=dict(stats), survey_ids=where[p][1]) for p in parts]
+
+
+def weights_sources(model: Any) -> dict[str, str]:
+    """What initialised each encoder of a :class:`~geoplant.models.MultimodalSDM`:
+    ``"random"``, ``"imagenet"`` or a weights file (for metrics and model cards)."""
+    return {m: str(getattr(enc, "weights_source", "random"))
+            for m, enc in model.encoders.items()}
+
+
+def train_config(job: TorchJob, plan: Plan) -> Any:
+    """The :class:`~geoplant.train.TrainConfig` of ``job``; its ``extra_settings`` (batch
+    size, modalities, encoders, weights and the plan's surveys) must match on resume."""
+    from geoplant.train import TrainConfig
+
+    return TrainConfig(
+        epochs=job.epochs, lr=job.lr, loss=job.loss, seed=job.seed, metric="f1_threshold",
+        patience=job.patience, amp=job.amp, channels_last=job.channels_last,
+        compile=job.torch_compile, grad_accum_steps=job.grad_accum_steps,
+        checkpoint_dir=job.checkpoint_dir, resume=not job.fresh, progress=job.progress,
+        extra_settings={"modalities": list(job.modalities), "batch_size": job.batch_size,
+                        "encoder_kwargs": _encoder_kwargs(job),
+                        "train_surveys_sha256": _ids_sha256(plan.train_ids),
+                        "val_surveys_sha256": _ids_sha256(plan.val_ids)})
+
+
+def _loader_kwargs(job: TorchJob, device: Any) -> dict[str, Any]:
+    """DataLoader arguments: workers, and pinned memory for non-blocking copies to CUDA."""
+    kwargs: dict[str, Any] = {"num_workers": job.num_workers,
+                              "pin_memory": device.type == "cuda"}
+    if job.num_workers:
+        kwargs["persistent_workers"] = True
+    return kwargs
+
+
+def _train(store: Store, plan: Plan, job: TorchJob, stats: Mapping[str, Any]) -> TrainResult:
+    """Build the datasets, loaders and model of ``job`` and :func:`~geoplant.train.fit` it,
+    in this process (one of several under torchrun, or the only one)."""
+    from geoplant.train import fit, init_distributed, seed_everything, select_device
+
+    device = select_device()
+    # before the loaders: their BlockShuffleSampler takes its shard from the process group
+    init_distributed(device)
+    train, val = _datasets(store, plan, job.modalities, stats, ("train", "val"))
+    seed_everything(job.seed)  # fit() seeds too late: the initial weights come from here
+    model = _build_model(store, plan, job, stats)
+    kwargs = _loader_kwargs(job, device)
+    return fit(model, train.loader(job.batch_size, shuffle=True, seed=job.seed, **kwargs),
+               val.loader(job.batch_size, shuffle=False, **kwargs), train_config(job, plan))
+
+
+def _check_resumable(job: TorchJob, plan: Plan) -> None:
+    """Refuse, before starting workers, checkpoints written with other settings (the
+    workers would refuse them too, less readably)."""
+    from geoplant.train.checkpoint import check_resume_settings, load_checkpoint, resume_settings
+
+    if job.fresh or job.checkpoint_dir is None:
+        return
+    last = Path(job.checkpoint_dir) / "last.pt"
+    if last.is_file():
+        check_resume_settings(load_checkpoint(last).get("settings"),
+                              resume_settings(train_config(job, plan).to_dict()), last.parent)
+
+
+def write_job(folder: str | os.PathLike[str], store: Store, plan: Plan, job: TorchJob,
+              stats: Mapping[str, Any]) -> Path:
+    """Write what :func:`train_worker` reads into ``folder``: ``job.json`` (store, settings,
+    normalisation statistics) and ``plan.npz`` (survey ids). Returns ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {"store": store.path, "storage_options": store.storage_options,
+            "job": job.to_dict(), "stats": dict(stats), "test_split": plan.test_split}
+    (folder / "job.json").write_text(json.dumps(spec))
+    np.savez(folder / "plan.npz", train_ids=plan.train_ids, val_ids=plan.val_ids,
+             test_ids=plan.test_ids)
+    return folder
+
+
+def read_job_result(folder: str | os.PathLike[str], store: Store, plan: Plan,
+                    job: TorchJob) -> TrainResult:
+    """The :class:`~geoplant.train.TrainResult` rank 0 of :func:`train_worker` left in
+    ``folder``, its model rebuilt here with the trained weights."""
+    import torch
+
+    from geoplant.train import EpochLog, TrainResult, seed_everything
+
+    folder = Path(folder)
+    out = json.loads((folder / "result.json").read_text())
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    seed_everything(job.seed)
+    model = _build_model(store, plan, job, json.loads((folder / "job.json").read_text())["stats"])
+    model.load_state_dict(state)
+    model.eval()
+    ckpt = {k: Path(out[k]) if out[k] else None for k in ("best_checkpoint", "last_checkpoint")}
+    return TrainResult(model=model, history=[EpochLog(**h) for h in out["history"]],
+                       best_metric=out["best_metric"], best_epoch=out["best_epoch"],
+                       epochs_run=out["epochs_run"], stopped_early=out["stopped_early"],
+                       best_checkpoint=ckpt["best_checkpoint"],
+                       last_checkpoint=ckpt["last_checkpoint"], device=out["device"])
+
+
+def _fit_on_workers(store: Store, plan: Plan, job: TorchJob, stats: Mapping[str, Any],
+                    nproc: int) -> TrainResult:
+    """Train on ``nproc`` torchrun processes (:func:`train_worker`) started from here; the
+    result rebuilt from what rank 0 wrote (weights, history)."""
+    import torch
+
+    from geoplant.train.launch import spawn
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if 0 < gpus < nproc:  # NCCL wants one GPU per process
+        raise GeoplantError(f"nproc={nproc} but only {gpus} GPU(s) are visible",
+                            fix=f"use nproc <= {gpus} (one process per GPU)")
+    _check_resumable(job, plan)
+    with tempfile.TemporaryDirectory(prefix="geoplant-ddp-") as tmp:
+        write_job(tmp, store, plan, job, stats)
+        spawn("geoplant.experiment:train_worker", tmp, nproc)
+        return read_job_result(tmp, store, plan, job)
+
+
+def train_worker(job_dir: str | os.PathLike[str]) -> None:
+    """One torchrun process of ``fit_torch(nproc > 1)`` (run by
+    :mod:`geoplant.train.launch` on every rank, inside the process group).
+
+    Reads ``job.json`` and ``plan.npz`` from ``job_dir``, trains; rank 0 alone writes the
+    final weights (``model.pt``) and the result (``result.json``) there.
+    """
+    import torch
+    import torch.distributed as dist
+
+    folder = Path(job_dir)
+    spec = json.loads((folder / "job.json").read_text())
+    store = Store(spec["store"], spec["storage_options"] or None)
+    with np.load(folder / "plan.npz") as ids:
+        plan = Plan(ids["train_ids"], ids["val_ids"], spec["test_split"], ids["test_ids"])
+    result = _train(store, plan, TorchJob.from_dict(spec["job"]), spec["stats"])
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    torch.save(result.model.state_dict(), folder / "model.pt")
+    out = {k: getattr(result, k) for k in ("best_metric", "best_epoch", "epochs_run",
+                                           "stopped_early", "device")}
+    out["history"] = [dataclasses.asdict(h) for h in result.history]
+    out["best_checkpoint"] = str(result.best_checkpoint) if result.best_checkpoint else None
+    out["last_checkpoint"] = str(result.last_checkpoint) if result.last_checkpoint else None
+    (folder / "result.json").write_text(json.dumps(out))
+
+
 def fit_torch(store: Store, plan: Plan, modalities: list[str], *, epochs: int = 6,
               batch_size: int = 64, lr: float = 1e-3, loss: str = "bce", seed: int = 0,
               num_workers: int = 0, out_dir: str | os.PathLike[str] | None = None,
               patience: int | None = 4,
               encoder_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+              weights: str | None = "random", amp: str = "auto", channels_last: bool = False,
+              torch_compile: bool | str = False, grad_accum_steps: int = 1, nproc: int = 1,
+              fresh: bool = False, progress: bool = True,
               ) -> tuple[Predictions, Predictions, TrainResult]:
     """Train :class:`~geoplant.models.MultimodalSDM` on ``modalities``; predict val and test.
+
+    Inputs are normalised with statistics of the plan's training surveys only
+    (:func:`training_stats`, kept in ``out_dir/normalization.json``), on the device: the
+    loaders ship stored dtypes and the model's :class:`~geoplant.torch.DeviceNormalizer`
+    (saved with its weights) standardises them. With ``out_dir``,
+    checkpoints go to ``out_dir/checkpoints`` and a rerun resumes from them, provided
+    every setting that changes the result is the same (else a :class:`GeoplantError`:
+    pass ``fresh=True`` or use another ``out_dir``).
+
+    Parameters
+    ----------
+    store, plan, modalities
+        The data, its train/validation/test surveys, the modalities to use.
+    epochs, batch_size, lr, loss, seed, patience
+        Training settings (see :class:`~geoplant.train.TrainConfig`); ``batch_size`` is per
+        process.
+    num_workers
+        DataLoader worker processes (per training process).
+    out_dir
+        Where checkpoints and the normalisation statistics go (None: nowhere).
+    encoder_kwargs
+        Per-modality encoder arguments (:func:`geoplant.models.build_encoder`).
+    weights
+        Initial Sentinel-2 backbone weights: ``"random"`` (default: the same on every
+        machine), ``"imagenet"`` (from torchvision's cache), ``"auto"`` (ImageNet if
+        cached, else random) or a ``state_dict`` file. What was used is reported
+        (``info["weights_source"]``).
+    amp, channels_last, torch_compile, grad_accum_steps
+        :class:`~geoplant.train.TrainConfig`'s ``amp``, ``channels_last``, ``compile``,
+        ``grad_accum_steps``.
+    nproc
+        Training processes. Above 1, training runs on ``nproc`` torchrun workers started
+        from here (DDP: Gloo on CPU, NCCL with one GPU each on CUDA), each on its shard of
+        the training surveys; rank 0 alone writes checkpoints, and the trained weights come
+        back to this process, which predicts. The notebook (or script) stays one process.
+    fresh
+        Delete the checkpoints of an earlier run in ``out_dir`` and start over.
+    progress
+        Progress bars and one summary line per epoch.
 
     Returns
     -------
     (validation predictions with labels, test predictions, TrainResult)
+        ``info`` of the predictions: epochs run, best epoch, device, world size,
+        throughput, the weights' sources, AMP setting and normalisation surveys.
     """
-    from geoplant.models import MultimodalSDM
-    from geoplant.torch import SurveyDataset
-    from geoplant.train import TrainConfig, fit, predict, seed_everything
+    from geoplant.train import predict
 
-    species = store.species["speciesId"].to_numpy(np.int64)
-    kwargs: dict[str, Any] = {"num_workers": num_workers}
-    if num_workers:
-        kwargs["persistent_workers"] = True
-    train = SurveyDataset(store, "pa_train", modalities, survey_ids=plan.train_ids)
-    val = SurveyDataset(store, "pa_train", modalities, survey_ids=plan.val_ids)
-    test = SurveyDataset(store, plan.test_split, modalities, survey_ids=plan.test_ids)
-    seed_everything(seed)  # fit() seeds too late: the initial weights come from here
-    model = MultimodalSDM(modalities, len(species), encoder_kwargs=encoder_kwargs,
-                          prior=_frequency(store, plan.train_ids))
-    config = TrainConfig(epochs=epochs, lr=lr, loss=loss, seed=seed, metric="f1_threshold",
-                         patience=patience,
-                         checkpoint_dir=str(Path(out_dir) / "checkpoints") if out_dir else None)
-    result = fit(model, train.loader(batch_size, shuffle=True, seed=seed, **kwargs),
-                 val.loader(batch_size, shuffle=False, **kwargs), config)
-    val_ids, val_probs = predict(result.model, val.loader(batch_size, shuffle=False))
-    test_ids, test_probs = predict(result.model, test.loader(batch_size, shuffle=False))
+    if nproc < 1:
+        raise GeoplantError(f"nproc must be >= 1, got {nproc}")
+    job = TorchJob(
+        modalities=tuple(modalities), epochs=epochs, batch_size=batch_size, lr=lr, loss=loss,
+        seed=seed, num_workers=num_workers, patience=patience,
+        encoder_kwargs={m: dict(v) for m, v in (encoder_kwargs or {}).items()},
+        weights=weights, amp=amp, channels_last=channels_last, torch_compile=torch_compile,
+        grad_accum_steps=grad_accum_steps, fresh=fresh, progress=progress,
+        checkpoint_dir=str(Path(out_dir) / "checkpoints") if out_dir else None)
+    stats = training_stats(store, plan, modalities, out_dir)
+    if nproc > 1:
+        result = _fit_on_workers(store, plan, job, stats, nproc)
+    else:
+        result = _train(store, plan, job, stats)
+    val, test = _datasets(store, plan, modalities, stats, ("val", "test"))
+    val_ids, val_probs = predict(result.model, val.loader(batch_size, shuffle=False), amp=amp,
+                                 progress=progress)
+    test_ids, test_probs = predict(result.model, test.loader(batch_size, shuffle=False),
+                                   amp=amp, progress=progress)
     info = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-            "device": str(result.device),
+            "device": str(result.device), "world_size": nproc, "amp": amp,
+            "weights_source": weights_sources(result.model),
+            "normalization_surveys": int(stats.get("n_surveys", len(plan.train_ids))),
             "train_samples_per_s": round(float(np.mean(
                 [h.samples_per_s for h in result.history])), 1) if result.history else None}
+    species = store.species["speciesId"].to_numpy(np.int64)
     return (Predictions(val_ids, val_probs, species, _labels_for(store, val_ids), info),
             Predictions(test_ids, test_probs, species, None, info), result)
 
@@ -204,23 +511,25 @@ def fit_classic(store: Store, plan: Plan, method: str, **kwargs: Any
         raise GeoplantError(f"unknown classic method {method!r}",
                             fix="use 'frequency' or 'logistic'")
     model.fit(x_train, y_train)
+    info = {"device": "cpu", "world_size": 1}
     val = Predictions(plan.val_ids, model.predict_proba(x_val), species,
-                      _labels_for(store, plan.val_ids))
-    test = Predictions(plan.test_ids, model.predict_proba(x_test), species)
+                      _labels_for(store, plan.val_ids), info)
+    test = Predictions(plan.test_ids, model.predict_proba(x_test), species, None, info)
     return val, test, model
 
 
 def choose_decoder(val: Predictions, methods: tuple[str, ...] = ("top_k", "average_k",
-                                                                  "threshold", "expected_f1")
-                   ) -> dict[str, Any]:
-    """The decoder (and parameter) with the best validation samples-F1."""
+                                                                  "threshold", "expected_f1"),
+                   *, progress: bool = True) -> dict[str, Any]:
+    """The decoder (and parameter) with the best validation samples-F1 (a progress bar over
+    the methods unless ``progress=False``)."""
     from geoplant import decode, metrics
 
     if val.labels is None:
         raise GeoplantError("validation predictions carry no labels")
     best: dict[str, Any] = {"samples_f1": -1.0}
     table = {}
-    for method in methods:
+    for method in _bar(methods, desc="decoders", unit="decoder", disable=not progress):
         if method == "expected_f1":
             score = metrics.samples_f1(val.labels, decode.expected_f1_optimal(val.probs))
             param = None
@@ -232,6 +541,17 @@ def choose_decoder(val: Predictions, methods: tuple[str, ...] = ("top_k", "avera
             best = {"method": method, "param": param, "samples_f1": float(score)}
     best["candidates"] = table
     return best
+
+
+def _bar(iterable: Any, **kwargs: Any) -> Any:
+    """A :mod:`tqdm.auto` bar (text when ipywidgets is missing, without its warning; the
+    torch-free twin of :func:`geoplant.train.progress.bar`)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
+    return tqdm(iterable, **kwargs)
 
 
 def truth_dir(store: Store) -> Path | None:

@@ -7,9 +7,18 @@ A baseline file names a notebook and its parameters::
     description: Multimodal fusion (MME) of Sentinel-2, Landsat, climate and env encoders.
     parameters: {modalities: [sentinel2, landsat, climate, env], epochs: 6}
 
-``geoplant run NAME --data STORE --out DIR [-p KEY VALUE]...`` saves the executed notebook,
-the ``metrics.json`` it writes and a model card (``MODEL_CARD.md``: data sources and citation,
-method, parameters, metrics, hardware, duration) in ``DIR``.
+``geoplant run NAME --data STORE --out DIR [-p KEY VALUE]... [--nproc N] [--fresh]`` saves the
+executed notebook, the ``metrics.json`` it writes and a model card (``MODEL_CARD.md``: data
+sources and citation, method, initial weights, parameters, metrics, hardware, duration) in
+``DIR``.
+
+``--nproc N`` trains on N processes (DDP; one per GPU on CUDA, Gloo on CPU). The notebook
+still runs as one papermill kernel: its ``fit_torch`` step starts N torchrun workers,
+waits for them, and predicts with the weights they trained, so the executed notebook,
+figures and metrics are the same as in a one-process run (``metrics.json`` records
+``world_size`` and ``device``). Rerunning into the same ``--out`` resumes from its
+checkpoints when the settings are the same, and stops with a one-line error when they are
+not; ``--fresh`` discards them.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +36,7 @@ import yaml
 
 from geoplant import __version__
 from geoplant.errors import GeoplantError
+from geoplant.files import atomic_write_text
 
 _CITATION = ("Picek L., Botella C., Servajean M., et al. GeoPlant: Spatial Plant Species "
              "Prediction Dataset. NeurIPS 2024 Datasets and Benchmarks (arXiv:2408.13928).")
@@ -65,7 +76,8 @@ def _coerce(value: str) -> Any:
 
 def run_baseline(name: str, data: str | os.PathLike[str], out: str | os.PathLike[str], *,
                  parameters: dict[str, Any] | None = None, progress: bool = True,
-                 kernel_name: str | None = None) -> dict[str, Any]:
+                 kernel_name: str | None = None, nproc: int | None = None,
+                 fresh: bool = False) -> dict[str, Any]:
     """Execute a baseline notebook with papermill; return its metrics.
 
     Parameters
@@ -79,9 +91,20 @@ def run_baseline(name: str, data: str | os.PathLike[str], out: str | os.PathLike
     parameters
         Overrides of the baseline's parameters.
     progress
-        Show papermill's cell progress bar.
+        Show papermill's cell progress bar and the notebook's printed output (epoch
+        summaries) as it runs; the notebook's own bars follow it too.
     kernel_name
         Jupyter kernel (default: the current Python's ``python3`` kernel).
+    nproc
+        Training processes (the notebook parameter ``nproc``; see the module docstring).
+    fresh
+        Discard the checkpoints of an earlier run in ``out`` (parameter ``fresh``).
+
+    Raises
+    ------
+    GeoplantError
+        An unknown baseline, a bad ``data`` or ``out``, or a failing notebook: a
+        :class:`GeoplantError` raised inside it comes back as its own one line.
     """
     import papermill as pm
 
@@ -102,16 +125,15 @@ def run_baseline(name: str, data: str | os.PathLike[str], out: str | os.PathLike
     store = open_store(data)  # fail early, with a clear message, on a bad --data
     params = {**spec.get("parameters", {}), **(parameters or {}),
               "data": str(data), "out_dir": str(out_dir), "baseline": name}
+    if nproc is not None:
+        if nproc < 1:
+            raise GeoplantError(f"--nproc must be >= 1, got {nproc}")
+        params["nproc"] = int(nproc)
+    if fresh:
+        params["fresh"] = True
     started = time.perf_counter()
     executed = out_dir / f"{name}.ipynb"
-    try:
-        pm.execute_notebook(str(notebook), str(executed), parameters=params,
-                            progress_bar=progress, kernel_name=kernel_name,
-                            cwd=str(notebook.parent))
-    except pm.PapermillExecutionError as err:
-        raise GeoplantError(f"baseline {name!r} failed in cell {err.exec_count}: "
-                            f"{err.ename}: {err.evalue}", path=executed,
-                            fix="open the executed notebook to see the failing cell") from None
+    _execute(pm, name, notebook, executed, params, progress=progress, kernel_name=kernel_name)
     seconds = time.perf_counter() - started
     metrics_file = out_dir / "metrics.json"
     if not metrics_file.exists():
@@ -120,10 +142,28 @@ def run_baseline(name: str, data: str | os.PathLike[str], out: str | os.PathLike
                                 "write_metrics")
     metrics = json.loads(metrics_file.read_text())
     metrics.setdefault("duration_s", round(seconds, 1))
-    metrics_file.write_text(json.dumps(metrics, indent=1) + "\n")
-    (out_dir / "MODEL_CARD.md").write_text(
-        model_card(name, spec, params, metrics, store.manifest, seconds))
+    atomic_write_text(metrics_file, json.dumps(metrics, indent=1) + "\n")
+    atomic_write_text(out_dir / "MODEL_CARD.md",
+                      model_card(name, spec, params, metrics, store.manifest, seconds))
     return metrics
+
+
+def _execute(pm: Any, name: str, notebook: Path, executed: Path, params: dict[str, Any], *,
+             progress: bool, kernel_name: str | None) -> None:
+    """Run the notebook with papermill; its printed output reaches our stdout when
+    ``progress``. A failing cell becomes one GeoplantError line (the notebook's own
+    GeoplantError message as is: it already says what to do)."""
+    try:
+        pm.execute_notebook(str(notebook), str(executed), parameters=params,
+                            progress_bar=progress, kernel_name=kernel_name,
+                            cwd=str(notebook.parent),
+                            stdout_file=sys.stdout if progress else None)
+    except pm.PapermillExecutionError as err:
+        if err.ename == "GeoplantError":
+            raise GeoplantError(f"baseline {name!r}: {err.evalue}") from None
+        raise GeoplantError(f"baseline {name!r} failed in cell {err.exec_count}: "
+                            f"{err.ename}: {err.evalue}", path=executed,
+                            fix="open the executed notebook to see the failing cell") from None
 
 
 def _hardware() -> str:
@@ -134,6 +174,23 @@ def _hardware() -> str:
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
         return f"{cpu}; GPU: {names}"
     return cpu
+
+
+def _weights_line(metrics: dict[str, Any]) -> str:
+    """The initial weights of each encoder (they change results: ImageNet or random)."""
+    sources = metrics.get("weights_source")
+    if not sources:
+        return ""
+    if isinstance(sources, dict):
+        sources = ", ".join(f"{m}: {src}" for m, src in sources.items())
+    return f" Initial weights: {sources}."
+
+
+def _training_line(metrics: dict[str, Any]) -> str:
+    """Where training ran: processes and device."""
+    world = metrics.get("world_size", 1)
+    device = metrics.get("device", "cpu")
+    return f"{world} process{'es' if world != 1 else ''} on {device}"
 
 
 def model_card(name: str, spec: dict[str, Any], params: dict[str, Any],
@@ -158,7 +215,7 @@ def model_card(name: str, spec: dict[str, Any], params: dict[str, Any],
   presence-only records from GBIF. Licence: MIT (dataset and code, per the GeoPlant docs).
 
 ## Method
-Notebook `{spec["notebook"]}` executed with papermill. Parameters:
+Notebook `{spec["notebook"]}` executed with papermill.{_weights_line(metrics)} Parameters:
 
 ```json
 {json.dumps(shown, indent=1, default=str)}
@@ -171,6 +228,7 @@ Notebook `{spec["notebook"]}` executed with papermill. Parameters:
 
 ## Run
 - Hardware: {_hardware()}
+- Training: {_training_line(metrics)}
 - Duration: {seconds:.1f} s
 - Software: geoplant {__version__}, Python {platform.python_version()}
 """
@@ -183,6 +241,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                         metavar=("KEY", "VALUE"), help="override a parameter (repeatable)")
+    parser.add_argument("--nproc", type=int, default=None, metavar="N",
+                        help="train on N processes (DDP through torchrun; one per GPU)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard the checkpoints of an earlier run in --out and start over")
     parser.add_argument("--list", action="store_true", help="list the baselines and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -198,8 +260,9 @@ def run(args: argparse.Namespace) -> int:
                             fix="geoplant run NAME --data STORE --out DIR")
     params = {key: _coerce(value) for key, value in args.parameter}
     metrics = run_baseline(args.name, args.data, args.out, parameters=params,
-                           progress=not args.quiet)
-    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+                           progress=not args.quiet, nproc=args.nproc, fresh=args.fresh)
+    shown = {k: v for k, v in metrics.items()
+             if isinstance(v, int | float) and not isinstance(v, bool)}
     print(f"{args.name}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in shown.items()))
     print(f"executed notebook, metrics.json and MODEL_CARD.md in {Path(args.out).absolute()}")

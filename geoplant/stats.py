@@ -11,10 +11,11 @@ Torch-free on purpose: the build computes the statistics without importing PyTor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "TRAIN_SPLIT",
     "compute_normalization_stats",
     "load_normalization_stats",
+    "scale_offset",
 ]
 
 #: Name of the normalisation statistics file at the store root.
@@ -153,7 +155,7 @@ def compute_normalization_stats(
     modalities: Sequence[str] | None = None,
     *,
     survey_ids: np.ndarray | Sequence[int] | None = None,
-    write: bool = True,
+    write: bool | None = None,
     block_surveys: int = 1024,
 ) -> dict[str, Any]:
     """Per-channel mean and standard deviation of a training split's modalities.
@@ -174,10 +176,15 @@ def compute_normalization_stats(
     modalities
         Modalities to describe (default: every one the split has).
     survey_ids
-        Restrict to these surveys (e.g. the training part of a train/validation split).
+        Restrict to these surveys (e.g. the training surveys of a train/validation plan, so
+        that validation blocks do not leak into the statistics); the result records which
+        (``"survey_ids_sha256"``: sha256 of the sorted ids as little-endian int64).
     write
         Write the result atomically to ``<store>/stats.json`` (kept for every later
-        :class:`~geoplant.torch.SurveyDataset`, whatever its split).
+        :class:`~geoplant.torch.SurveyDataset`, whatever its split). Default (``None``):
+        write the whole split's statistics, never a subset's (so a subset never replaces
+        the store's file unless ``write=True`` says so); pass a subset's statistics to
+        ``SurveyDataset(stats=...)`` / ``DeviceNormalizer.from_stats`` instead.
     block_surveys
         Surveys per streamed block.
 
@@ -185,8 +192,8 @@ def compute_normalization_stats(
     -------
     dict
         ``{"format", "split", "n_surveys", "created", "modalities": {name: {"dim",
-        "channels", "mean", "std", "count"}}}``; ``std`` of a constant channel is reported
-        as 0 and used as 1.
+        "channels", "mean", "std", "count"}}}`` (plus ``"survey_ids_sha256"`` when a
+        subset was given); ``std`` of a constant channel is reported as 0 and used as 1.
 
     Raises
     ------
@@ -208,6 +215,10 @@ def compute_normalization_stats(
     out: dict[str, Any] = {"format": _STATS_FORMAT, "split": split,
                            "n_surveys": int(keep.sum()), "created": time.strftime(
                                "%Y-%m-%dT%H:%M:%S%z"), "modalities": {}}
+    if survey_ids is not None:
+        # which subset, compactly (a PA training plan holds ~80k ids)
+        out["survey_ids_sha256"] = hashlib.sha256(
+            np.ascontiguousarray(all_ids[keep], "<i8").tobytes()).hexdigest()
     for name in mods:
         moments = _modality_moments(group, name, keep, block_surveys)
         mean, std = moments.result()
@@ -215,6 +226,8 @@ def compute_normalization_stats(
             "dim": CHANNEL_DIMS.get(name, "channel"), "channels": _channel_names(group, name),
             "mean": mean.tolist(), "std": std.tolist(), "count": moments.n.astype(int).tolist(),
         }
+    if write is None:
+        write = survey_ids is None
     if write:
         atomic_write_url(join_path(store.path, STATS_FILE),
                          (json.dumps(out, indent=1) + "\n").encode("utf-8"),
@@ -272,3 +285,26 @@ def load_normalization_stats(
         return compute_normalization_stats(store, TRAIN_SPLIT, wanted, write=True)
     except OSError:  # read-only store: keep them in memory
         return compute_normalization_stats(store, TRAIN_SPLIT, wanted, write=False)
+
+
+def scale_offset(stats: Mapping[str, Any], modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(scale, offset)``, float32 ``(C,)``, with ``x * scale + offset`` equal to
+    ``(x - mean) / std`` (a zero ``std``, a constant channel, is used as 1).
+
+    Computed in float64 and rounded once to float32: the single definition shared by the
+    CPU path (:class:`~geoplant.torch.SurveyDataset`) and the device path
+    (:class:`~geoplant.torch.DeviceNormalizer`), so both give the same floats.
+
+    Raises
+    ------
+    GeoplantError
+        If ``stats`` has no entry for ``modality``.
+    """
+    entry = stats["modalities"].get(modality)
+    if entry is None:
+        raise GeoplantError(f"no normalisation statistics for {modality!r}",
+                            fix="recompute them with compute_normalization_stats")
+    mean = np.asarray(entry["mean"], np.float64)
+    std = np.asarray(entry["std"], np.float64)
+    std = np.where(std > 0, std, 1.0)
+    return (1.0 / std).astype(np.float32), (-mean / std).astype(np.float32)

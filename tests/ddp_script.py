@@ -1,12 +1,14 @@
 """Planted-signal synthetic batches for the model/training tests, and the DDP test's script.
 
 As a script (run by ``tests/test_train_distributed.py`` through ``torch.distributed.run``
-with two CPU processes)::
+with two CPU processes, on a job folder written by ``geoplant.experiment.write_job``)::
 
-    python -m torch.distributed.run --nproc_per_node=2 --standalone tests/ddp_script.py OUT
+    python -m torch.distributed.run --nproc_per_node=2 --standalone tests/ddp_script.py JOB
 
-each rank trains the same small model with :func:`geoplant.train.fit` (gloo backend) and
-writes ``OUT/rank{r}.pt`` (its final weights) and ``OUT/rank{r}.json`` (its history).
+each rank runs the kit's own DDP worker (``geoplant.experiment.train_worker``: the store's
+SurveyDataset, BlockShuffleSampler sharding and ``geoplant.train.fit`` on gloo) and writes
+``JOB/rank{r}.pt`` (its final weights) and ``JOB/rank{r}.json`` (the surveys it trained on,
+its history).
 """
 
 from __future__ import annotations
@@ -79,34 +81,52 @@ class PlantedDataset(Dataset):
         return item
 
 
-def main(out: Path) -> None:
-    """Train on two gloo ranks; write each rank's weights and history."""
-    import torch.distributed as dist
-    from torch.utils.data import DataLoader
+def main(job_dir: Path) -> int:
+    """One torchrun worker of the kit's own DDP path, recording what it trained on.
 
+    Runs ``geoplant.train.launch.main("geoplant.experiment:train_worker", job_dir)``
+    (process group, SurveyDataset + BlockShuffleSampler, fit) with two test hooks: the
+    model's forward records the training surveys of each batch, and ``_train``'s result
+    (every rank's final weights) is saved. Writes ``job_dir/rank{r}.pt`` and
+    ``job_dir/rank{r}.json`` (surveys seen in training, in order; world size; device).
+    """
+    import geoplant.experiment as ex
     from geoplant.models import MultimodalSDM
-    from geoplant.train import TrainConfig, fit, seed_everything
+    from geoplant.train.launch import main as launch_main
 
     torch.set_num_threads(1)
-    train = PlantedDataset(n=128, n_species=8, seed=0, modalities=("env", "climate"))
-    val = PlantedDataset(n=64, n_species=8, seed=1, modalities=("env", "climate"))
-    seed_everything(0)
-    model = MultimodalSDM(["env", "climate"], 8, encoder_kwargs={
-        "env": {"hidden": (32,)}, "climate": {"widths": (8, 16)}})
-    cfg = TrainConfig(epochs=4, lr=3e-3, warmup_epochs=0.5, top_k=3, patience=None,
-                      checkpoint_dir=str(out / "ckpt"), device="cpu")
-    result = fit(model, DataLoader(train, batch_size=16, shuffle=True),
-                 DataLoader(val, batch_size=16), cfg)
-    rank = dist.get_rank()
-    torch.save(result.model.state_dict(), out / f"rank{rank}.pt")
-    hist = [h.__dict__ for h in result.history]
-    (out / f"rank{rank}.json").write_text(json.dumps({
-        "history": hist, "world_size": dist.get_world_size(), "device": result.device}))
-    # Both ranks reach here before tearing gloo down: destroying while the peer still talks
-    # aborted a rank once in CI ("terminate called without an active exception").
-    dist.barrier()
-    dist.destroy_process_group()
+    seen: list[int] = []
+    forward = MultimodalSDM.forward
+
+    def recording_forward(self: MultimodalSDM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.training:
+            seen.extend(batch["surveyId"].tolist())
+        return forward(self, batch)
+
+    train = ex._train
+
+    def keeping_train(*args: object, **kwargs: object) -> object:
+        import torch.distributed as dist
+
+        result = train(*args, **kwargs)  # type: ignore[arg-type]
+        rank = dist.get_rank()
+        torch.save(result.model.state_dict(), job_dir / f"rank{rank}.pt")
+        (job_dir / f"rank{rank}.json").write_text(json.dumps({
+            "seen": seen, "world_size": dist.get_world_size(), "device": result.device,
+            "history": [h.__dict__ for h in result.history]}))
+        return result
+
+    MultimodalSDM.forward = recording_forward  # type: ignore[method-assign]
+    ex._train = keeping_train  # type: ignore[assignment]
+    return launch_main(["geoplant.experiment:train_worker", str(job_dir)])
+
+
+def fail(job_dir: str) -> None:
+    """A torchrun target that fails the way the kit reports (for the launcher's test)."""
+    from geoplant.errors import GeoplantError
+
+    raise GeoplantError("planted failure", fix="nothing to fix")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    sys.exit(main(Path(sys.argv[1])))

@@ -170,6 +170,36 @@ def test_multimodal_errors_and_prior() -> None:
     assert model(_batch()).shape == (3, 4)
 
 
+def test_multimodal_normalizer_runs_first() -> None:
+    from geoplant.torch import DeviceNormalizer
+
+    stats = {"modalities": {
+        "sentinel2": {"mean": [100.0, 90.0, 80.0, 120.0], "std": [30.0, 25.0, 20.0, 40.0]},
+        "env": {"mean": list(np.linspace(-1, 1, 46)), "std": [2.0] * 46}}}
+    norm = DeviceNormalizer.from_stats(stats)
+    torch.manual_seed(0)
+    kwargs = {"sentinel2": {"weights": None}}
+    model = MultimodalSDM(["sentinel2", "env"], 7, encoder_kwargs=kwargs,
+                          normalizer=norm).eval()
+    plain = MultimodalSDM(["sentinel2", "env"], 7, encoder_kwargs=kwargs).eval()
+    state = model.state_dict()
+    assert "normalizer.sentinel2_scale" in state and "normalizer.env_offset" in state
+    plain.load_state_dict({k: v for k, v in state.items() if not k.startswith("normalizer.")})
+    s2 = torch.randint(0, 256, (3, 4, 32, 32), dtype=torch.uint8)
+    env = torch.randn(3, 46)
+    env[0, 3] = float("nan")
+    mean = torch.tensor(stats["modalities"]["sentinel2"]["mean"]).view(1, 4, 1, 1)
+    std = torch.tensor(stats["modalities"]["sentinel2"]["std"]).view(1, 4, 1, 1)
+    by_hand = {"sentinel2": (s2.float() - mean) / std,
+               "env": torch.nan_to_num((env - torch.tensor(stats["modalities"]["env"]["mean"],
+                                                            dtype=torch.float32)) / 2.0)}
+    with torch.no_grad():
+        got = model({"sentinel2": s2, "env": env})
+        assert torch.allclose(got, plain(by_hand), atol=1e-4)
+        assert not torch.allclose(got, plain({"sentinel2": s2.float(), "env": env}), atol=1e-2)
+    assert MultimodalSDM(["env"], 3).normalizer is None
+
+
 def test_multimodal_learns_planted_signal() -> None:
     """A few epochs on planted data beat chance and the frequency baseline (top-3 F1)."""
     from torch.utils.data import DataLoader

@@ -36,6 +36,25 @@ def test_notebooks_are_stripped_and_parameterised() -> None:
     assert referenced == {p.name for p in NOTEBOOKS.glob("*.ipynb")}
 
 
+#: Training settings every neural notebook exposes as parameters and passes to fit_torch.
+TRAIN_PARAMETERS = ("weights", "amp", "channels_last", "torch_compile", "grad_accum_steps",
+                    "nproc", "fresh", "progress")
+
+
+@pytest.mark.parametrize("notebook", ["02_single_modality", "03_multimodal", "04_submission"])
+def test_training_settings_are_notebook_parameters(notebook: str) -> None:
+    nb = nbformat.read(NOTEBOOKS / f"{notebook}.ipynb", as_version=4)
+    tagged = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    defaults: dict = {}
+    exec(tagged.source, {}, defaults)  # our own notebook's parameters cell
+    assert {k: defaults[k] for k in TRAIN_PARAMETERS} == {
+        "weights": "random", "amp": "auto", "channels_last": False, "torch_compile": False,
+        "grad_accum_steps": 1, "nproc": 1, "fresh": False, "progress": True}
+    call = next(c.source for c in nb.cells if "ex.fit_torch(" in c.source)
+    for name in TRAIN_PARAMETERS:
+        assert f"{name}={name}" in call, (notebook, name)
+
+
 @pytest.mark.parametrize("name, params", [
     ("explore", {}),
     ("env-logistic", {}),

@@ -82,3 +82,49 @@ def test_load_reads_the_file_or_refuses_to_compute(loader_store: Path,
     with pytest.raises(GeoplantError, match="no normalisation statistics"):
         gs.load_normalization_stats(copy, ("env",), compute=False)
     assert not (copy / gs.STATS_FILE).exists()
+
+
+def test_stats_of_a_training_subset(loader_store: Path, loader_stats: dict[str, Any],
+                                    tmp_path: Path) -> None:
+    g = _cube(loader_store, "pa_train")
+    ids = g["surveyId"][:]
+    pick = ids[(np.arange(len(ids)) % 5) != 0]  # e.g. the training part of a plan
+    before = (loader_store / gs.STATS_FILE).read_bytes()
+    sub = gs.compute_normalization_stats(loader_store, modalities=("sentinel2", "env"),
+                                         survey_ids=pick[::-1])
+    assert (loader_store / gs.STATS_FILE).read_bytes() == before  # not written by default
+    assert sub["n_surveys"] == len(pick)
+    keep = np.isin(ids, pick)
+    s2 = g["sentinel2"][:][keep]
+    for c in range(4):
+        assert sub["modalities"]["sentinel2"]["mean"][c] == pytest.approx(
+            s2[:, c].mean(dtype=np.float64), rel=1e-9)
+    env = np.asarray(g["env"][:], np.float64)[keep]
+    env = np.where(np.isfinite(env), env, np.nan)
+    np.testing.assert_allclose(sub["modalities"]["env"]["std"], np.nanstd(env, axis=0),
+                               rtol=1e-6)
+    assert sub["modalities"]["env"]["mean"] != loader_stats["modalities"]["env"]["mean"]
+    # which subset, compactly: the same ids in any order give the same digest
+    again = gs.compute_normalization_stats(loader_store, modalities=("env",), survey_ids=pick)
+    assert again["survey_ids_sha256"] == sub["survey_ids_sha256"]
+    assert "survey_ids_sha256" not in loader_stats
+    # written only when asked
+    copy = tmp_path / "store"
+    shutil.copytree(loader_store, copy)
+    gs.compute_normalization_stats(copy, modalities=("env",), survey_ids=pick, write=True)
+    assert json.loads((copy / gs.STATS_FILE).read_text())["n_surveys"] == len(pick)
+    with pytest.raises(GeoplantError, match="not in split"):
+        gs.compute_normalization_stats(loader_store, survey_ids=[-1], write=False)
+
+
+def test_scale_offset_is_the_shared_definition(loader_stats: dict[str, Any]) -> None:
+    scale, offset = gs.scale_offset(loader_stats, "landsat")
+    mean = np.asarray(loader_stats["modalities"]["landsat"]["mean"])
+    std = np.asarray(loader_stats["modalities"]["landsat"]["std"])
+    assert scale.dtype == offset.dtype == np.float32 and scale.shape == (6,)
+    np.testing.assert_array_equal(scale, (1 / std).astype(np.float32))
+    np.testing.assert_array_equal(offset, (-mean / std).astype(np.float32))
+    constant = {"modalities": {"x": {"mean": [3.0], "std": [0.0]}}}
+    assert gs.scale_offset(constant, "x")[0].tolist() == [1.0]  # a constant channel
+    with pytest.raises(GeoplantError, match="no normalisation statistics"):
+        gs.scale_offset(loader_stats, "radar")

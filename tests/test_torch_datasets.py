@@ -241,3 +241,93 @@ def test_dataloader_two_persistent_workers(loader_store: Path,
                     assert torch.equal(ref[k], batch[k]), k
         ids = np.concatenate(seen)
         assert len(ids) == len(ds) and np.array_equal(np.sort(ids), ds.survey_ids)
+
+
+# --- stored dtypes, packed batches, explicit statistics -----------------------------------------
+
+
+def test_stored_dtypes_carry_validity(loader_store: Path, loader_stats: dict[str, Any]) -> None:
+    raw = gt.SurveyDataset(loader_store, "pa_train", normalize=False, in_memory=True)
+    assert raw.stats is None and raw.normalization == {}
+    batch = raw.get_batch([4, 1, 4])
+    g = _cube(loader_store, "pa_train")
+    for m in MODS:
+        assert batch[m].numpy().dtype == g[m].dtype
+        np.testing.assert_array_equal(batch[m].numpy(), g[m][:][[4, 1, 4]])
+        assert batch[f"valid_{m}"].dtype == torch.bool and batch[f"valid_{m}"].all()
+    assert "mask_landsat" not in batch
+    # the statistics it would use: the store's, loaded on demand
+    assert raw.normalization_stats()["modalities"] == loader_stats["modalities"]
+
+
+def test_batch_tensors_share_one_reused_buffer(loader_mem_ds: gt.SurveyDataset) -> None:
+    ds = loader_mem_ds
+    batch = ds.get_batch([0, 1, 2])
+    assert isinstance(batch, gt.PackedBatch) and isinstance(gt.collate(ds.__getitems__([0])),
+                                                            gt.PackedBatch)
+    base = batch.flat.untyped_storage().data_ptr()
+    for key, value in batch.items():
+        assert value.untyped_storage().data_ptr() == base, key
+        assert value.data_ptr() % 64 == 0, key  # aligned views
+    # a freed batch's buffer is reused; a kept one never is
+    first = batch.flat.data_ptr()
+    del batch, value
+    again = ds.get_batch([3, 4, 5])
+    assert again.flat.data_ptr() == first
+    kept = [ds.get_batch([i]) for i in range(20)]  # more than the arena's 16 slots
+    assert len({b.flat.data_ptr() for b in kept}) == 20
+    for i, b in enumerate(kept):
+        assert int(b["surveyId"][0]) == ds.survey_ids[i]
+    # pickled (as sent by a worker) it comes back equal; .to() copies the whole buffer once
+    import pickle
+
+    back = pickle.loads(pickle.dumps(again))
+    moved = again.to("cpu")
+    for key in again:
+        assert torch.equal(back[key], again[key]) and torch.equal(moved[key], again[key]), key
+
+
+def test_workers_batches_stay_intact_when_all_are_kept(loader_store: Path,
+                                                       loader_mem_ds: gt.SurveyDataset) -> None:
+    # every batch of two epochs kept: worker slots are never reused under a live batch
+    raw = gt.SurveyDataset(loader_store, "pa_train", ("sentinel2", "env"), normalize=False,
+                           in_memory=True)
+    loader = raw.loader(batch_size=40, num_workers=2, persistent_workers=True, seed=1)
+    kept = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        kept += list(loader)
+    g = _cube(loader_store, "pa_train")
+    s2, env = g["sentinel2"][:], g["env"][:]
+    for batch in kept:
+        pos = np.searchsorted(raw.survey_ids, batch["surveyId"].numpy())
+        np.testing.assert_array_equal(batch["sentinel2"].numpy(), s2[pos])
+        np.testing.assert_array_equal(batch["env"].numpy(), env[pos])
+    assert sum(len(b["surveyId"]) for b in kept) == 2 * len(raw)
+
+
+def test_explicit_stats_of_a_training_subset(loader_store: Path,
+                                             loader_stats: dict[str, Any]) -> None:
+    ds = gt.SurveyDataset(loader_store, "pa_train", ("landsat",), in_memory=False,
+                          stats=loader_stats)
+    train_ids = ds.survey_ids[::3]
+    before = (loader_store / gt.STATS_FILE).read_bytes()
+    sub = gt.compute_normalization_stats(loader_store, survey_ids=train_ids)
+    assert (loader_store / gt.STATS_FILE).read_bytes() == before  # a subset: not written
+    assert sub["n_surveys"] == len(train_ids) and "survey_ids_sha256" in sub
+    own = gt.SurveyDataset(loader_store, "pa_train", ("landsat",), in_memory=False, stats=sub)
+    assert own.stats == sub
+    raw = _cube(loader_store, "pa_train")["landsat"][:][:5].astype(np.float64)
+    mean = np.asarray(sub["modalities"]["landsat"]["mean"]).reshape(1, -1, 1, 1)
+    std = np.asarray(sub["modalities"]["landsat"]["std"]).reshape(1, -1, 1, 1)
+    expected = np.nan_to_num((raw - mean) / std, nan=0.0)
+    np.testing.assert_allclose(own.get_batch(range(5))["landsat"].numpy(), expected,
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(ds.get_batch(range(5))["landsat"].numpy(), expected, atol=1e-3)
+    assert gt.DeviceNormalizer.from_dataset(own).landsat_scale.tolist() == pytest.approx(
+        (1 / np.asarray(sub["modalities"]["landsat"]["std"])).tolist(), rel=1e-6)
+
+
+def test_loader_pins_only_with_cuda(loader_mem_ds: gt.SurveyDataset) -> None:
+    assert loader_mem_ds.loader(batch_size=8).pin_memory is torch.cuda.is_available()
+    assert loader_mem_ds.loader(batch_size=8, pin_memory=False).pin_memory is False

@@ -139,3 +139,166 @@ def test_early_stopping_triggers(tmp_path: Path) -> None:
     # resuming a finished (early-stopped) run does not train further
     again = fit(_env_model(), train, val, cfg)
     assert again.stopped_early and again.epochs_run == result.epochs_run
+
+
+# ---------------------------------------------------------------------------------------------
+# resume correctness, NaN, accumulation, layouts, progress
+
+
+def test_resume_without_validation_ends_on_the_last_epoch(tmp_path: Path) -> None:
+    """Without validation the latest epoch is the best: a resumed run must not restore the
+    interrupted epoch's weights (best.pt at resume time) at the end."""
+    train, _ = _loaders(n_train=64)
+    cfg = TrainConfig(epochs=3, lr=5e-3, checkpoint_dir=str(tmp_path), device="cpu",
+                      progress=False)
+    fit(_env_model(), train, None, cfg, on_epoch_end=lambda rec: rec.epoch == 0)
+    interrupted = load_checkpoint(tmp_path / "last.pt")["model"]
+    resumed = fit(_env_model(), train, None, cfg)
+    assert resumed.epochs_run == 3 and resumed.best_epoch == 2
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["epoch"] == 2
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, last["model"][k]), k
+    assert not all(torch.equal(v, interrupted[k]) for k, v in resumed.model.state_dict().items())
+
+
+def _one_line_error(err: pytest.ExceptionInfo[GeoplantError]) -> str:
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+def test_resume_refuses_other_settings_and_fresh_starts_over(tmp_path: Path) -> None:
+    train, val = _loaders(n_train=64, n_val=32)
+
+    def cfg(**kw: object) -> TrainConfig:
+        base: dict = {"epochs": 2, "lr": 5e-3, "top_k": 3, "checkpoint_dir": str(tmp_path),
+                      "device": "cpu", "progress": False,
+                      "extra_settings": {"batch_size": 32}}
+        return TrainConfig(**{**base, **kw})
+
+    fit(_env_model(), train, val, cfg())
+    for change, shown in [({"lr": 1e-2}, "lr 0.005 -> 0.01"), ({"epochs": 3}, "epochs 2 -> 3"),
+                          ({"extra_settings": {"batch_size": 16}}, "batch_size 32 -> 16")]:
+        with pytest.raises(GeoplantError) as err:
+            fit(_env_model(), train, val, cfg(**change))
+        text = _one_line_error(err)
+        assert "other settings" in text and shown in text and "--fresh" in text
+    # where and how fast it runs may change: device, progress, compile, channels_last...
+    again = fit(_env_model(), train, val, cfg(progress=True, channels_last=True))
+    assert again.epochs_run == 2
+    # resume=False (--fresh) discards the old checkpoints and log, then trains anew
+    fresh = fit(_env_model(), train, val, cfg(lr=1e-2, epochs=3, resume=False))
+    assert fresh.epochs_run == 3
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
+    assert load_checkpoint(tmp_path / "last.pt")["settings"]["lr"] == 1e-2
+
+
+def test_resume_refuses_another_model_in_one_line(tmp_path: Path) -> None:
+    train, _ = _loaders(n_train=32)
+    cfg = TrainConfig(epochs=1, checkpoint_dir=str(tmp_path), device="cpu", progress=False)
+    fit(_env_model(n_species=8), train, None, cfg)
+    seed_everything(0)
+    other = MultimodalSDM({"env": EnvMLP(46, hidden=(16,))}, 8)  # another encoder width
+    with pytest.raises(GeoplantError) as err:
+        fit(other, train, None, cfg)  # same settings, another model
+    assert "another model" in _one_line_error(err)
+
+
+class _PoisonedLabels(PlantedDataset):
+    """Labels of the surveys ``poisoned`` are NaN: their batch's loss is NaN."""
+
+    def __init__(self, poisoned: slice, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.labels = self.labels.copy()
+        self.labels[poisoned] = np.nan
+
+
+@pytest.mark.parametrize("grad_clip", [5.0, None])
+def test_nan_loss_stops_before_the_optimizer_step(tmp_path: Path,
+                                                  grad_clip: float | None) -> None:
+    ds = _PoisonedLabels(slice(32, 48), n=64, modalities=("env",))
+    loader = DataLoader(ds, batch_size=16)  # batch 2 (0-based) is poisoned
+    model = _env_model()
+    with pytest.raises(GeoplantError, match="not finite at epoch 0 step 2") as err:
+        fit(model, loader, None, TrainConfig(epochs=1, device="cpu", grad_clip=grad_clip,
+                                             progress=False))
+    assert "weights were left as before" in _one_line_error(err)
+    # the weights are those after step 1: finite, and equal to a run that stops there
+    # (same warmup: 4 steps there, 2 steps x 2 epochs here)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    reference = _env_model()
+    fit(reference, loader, None, TrainConfig(epochs=1, device="cpu", grad_clip=grad_clip,
+                                             steps_per_epoch=2, warmup_epochs=2,
+                                             progress=False))
+    # (parameters: BatchNorm's running statistics saw the poisoned batch's forward pass)
+    for (k, a), b in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b), k
+
+
+class _LinearOnEnv(torch.nn.Module):
+    """No BatchNorm or dropout: a gradient over a batch is the mean over its halves'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(46, 8)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.linear(batch["env"])
+
+
+def test_gradient_accumulation_equals_a_larger_batch() -> None:
+    ds = PlantedDataset(n=128, modalities=("env",))
+
+    def run(batch_size: int, accum: int) -> dict[str, torch.Tensor]:
+        seed_everything(0)
+        model = _LinearOnEnv()
+        fit(model, DataLoader(ds, batch_size=batch_size), None, TrainConfig(
+            epochs=2, lr=1e-2, warmup_epochs=0.5, grad_accum_steps=accum, device="cpu",
+            progress=False))
+        return model.state_dict()
+
+    big, accumulated, plain = run(32, 1), run(16, 2), run(16, 1)
+    for k in big:
+        torch.testing.assert_close(accumulated[k], big[k], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(plain["linear.weight"], big["linear.weight"], atol=1e-4)
+    with pytest.raises(GeoplantError, match="grad_accum_steps"):
+        fit(_LinearOnEnv(), DataLoader(ds, batch_size=16), None,
+            TrainConfig(grad_accum_steps=0, device="cpu"))
+
+
+def test_channels_last_and_compile_train_like_the_plain_model() -> None:
+    from geoplant.models import CubeResNet
+
+    ds = PlantedDataset(n=64, modalities=("env", "climate"))
+
+    def run(**kw: object) -> tuple[MultimodalSDM, list[float]]:
+        seed_everything(0)
+        model = MultimodalSDM({"climate": CubeResNet(4, widths=(8, 16))}, 8)
+        result = fit(model, DataLoader(ds, batch_size=32), None,
+                     TrainConfig(epochs=2, lr=3e-3, device="cpu", progress=False, **kw))
+        return result.model, [h.train_loss for h in result.history]
+
+    _, plain = run()
+    model, fast = run(channels_last=True, compile="eager")
+    np.testing.assert_allclose(fast, plain, rtol=1e-4)
+    assert not hasattr(model, "_orig_mod")  # the plain module comes back, plain layout
+    conv = model.encoders["climate"].stem[0].weight
+    assert conv.is_contiguous()
+
+
+def test_progress_prints_one_summary_line_per_epoch(capsys: pytest.CaptureFixture[str]) -> None:
+    train, val = _loaders(n_train=64, n_val=32)
+    fit(_env_model(), train, val, TrainConfig(epochs=2, top_k=3, device="cpu"))
+    out = capsys.readouterr()
+    lines = [x for x in out.out.splitlines() if x.startswith("epoch ")]
+    assert [x.split()[1] for x in lines] == ["1/2", "2/2"]
+    assert all("train_loss" in x and "val_f1_topk" in x and "samples/s" in x for x in lines)
+    assert "epoch 1/2" in out.err  # the tqdm bar
+    predict(_env_model(), val, device="cpu")
+    assert "predict" in capsys.readouterr().err
+    fit(_env_model(), train, val, TrainConfig(epochs=1, top_k=3, device="cpu", progress=False))
+    predict(_env_model(), val, device="cpu", progress=False)
+    quiet = capsys.readouterr()
+    assert quiet.out == "" and quiet.err == ""

@@ -127,6 +127,8 @@ class CubeResNet(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.proj: nn.Module = nn.Linear(c_in, out_dim) if out_dim else nn.Identity()
         self.out_dim = int(out_dim or c_in)
+        #: What initialised the weights (always random here; see Sentinel2ResNet).
+        self.weights_source = "random"
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -180,8 +182,9 @@ class Sentinel2ResNet(nn.Module):
         Initial weights:
 
         - ``"auto"`` (default): ImageNet weights **if torchvision's cache already holds them**
-          (:func:`imagenet_weights_path`), else random initialisation. Never downloads.
-        - ``None``: random initialisation.
+          (:func:`imagenet_weights_path`), else random initialisation. Never downloads; the
+          result then depends on the machine (check :attr:`weights_source`).
+        - ``"random"`` or ``None``: random initialisation (the same on every machine).
         - ``"imagenet"``: ImageNet weights from the cache; a :class:`GeoplantError` if they
           are not cached, unless ``download=True``.
         - a path to a ``state_dict`` file (a torchvision ResNet state dict with a 3- or
@@ -241,7 +244,7 @@ class Sentinel2ResNet(nn.Module):
 
     def _initial_state(self, arch: str, weights: str | os.PathLike[str] | None,
                        download: bool) -> dict[str, Tensor] | None:
-        if weights is None:
+        if weights is None or weights == "random":
             return None
         if isinstance(weights, str) and weights in ("auto", "imagenet"):
             cached = imagenet_weights_path(arch)
@@ -311,6 +314,8 @@ class EnvMLP(nn.Module):
             c_in = int(width)
         self.net = nn.Sequential(*layers)
         self.out_dim = c_in
+        #: What initialised the weights (always random here; see Sentinel2ResNet).
+        self.weights_source = "random"
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_features)`` -> ``(B, out_dim)``."""

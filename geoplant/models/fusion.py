@@ -45,6 +45,11 @@ class MultimodalSDM(nn.Module):
         Optional species frequencies ``(n_species,)`` in (0, 1): the output bias starts at
         their logits, so an untrained model predicts the prevalence (faster, stabler start
         with thousands of rare species).
+    normalizer
+        Optional module applied to the batch first, e.g.
+        :class:`geoplant.torch.DeviceNormalizer` for batches in stored dtypes
+        (``SurveyDataset(normalize=False)``): the normalisation then runs on the model's
+        device and its statistics are part of the model's ``state_dict``.
 
     Examples
     --------
@@ -57,7 +62,8 @@ class MultimodalSDM(nn.Module):
     def __init__(self, modalities: Sequence[str] | Mapping[str, nn.Module], n_species: int, *,
                  encoder_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
                  head_hidden: int | None = None, dropout: float = 0.0,
-                 prior: np.ndarray | Tensor | None = None) -> None:
+                 prior: np.ndarray | Tensor | None = None,
+                 normalizer: nn.Module | None = None) -> None:
         super().__init__()
         if isinstance(modalities, str):
             modalities = [modalities]
@@ -80,6 +86,7 @@ class MultimodalSDM(nn.Module):
                 raise GeoplantError(f"encoder {name!r} has no integer `out_dim` attribute")
         self.modalities: tuple[str, ...] = tuple(encoders)
         self.n_species = int(n_species)
+        self.normalizer = normalizer
         self.encoders = nn.ModuleDict(encoders)
         self.embed_dim = 0
         for enc in encoders.values():
@@ -105,11 +112,14 @@ class MultimodalSDM(nn.Module):
         self.output.bias.copy_(torch.log(p) - torch.log1p(-p))
 
     def embed(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Concatenated embeddings ``(B, embed_dim)`` of the model's modalities."""
+        """Concatenated embeddings ``(B, embed_dim)`` of the model's modalities (after the
+        normaliser, when the model has one)."""
         missing = [m for m in self.modalities if m not in batch]
         if missing:
             raise GeoplantError(f"batch lacks modalities {missing} (has {sorted(batch)})",
                                 fix="load the dataset with these modalities")
+        if self.normalizer is not None:
+            batch = self.normalizer(batch)
         return torch.cat([self.encoders[m](batch[m]) for m in self.modalities], dim=1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

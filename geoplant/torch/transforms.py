@@ -13,9 +13,16 @@ class RandomFlipRotate:
     """Random flips and 90-degree rotations of image patches (the 8 symmetries of a square).
 
     The same symmetry is applied to every channel (R, G, B, NIR) of a patch and to the
-    matching ``mask_<key>`` if present; works on a sample (``(C, H, W)``) or a collated batch
-    (``(B, C, H, W)``, one random symmetry per sample). Randomness comes from torch's RNG,
-    which the DataLoader seeds differently in each worker.
+    matching ``mask_<key>`` if present; works on a sample (``(C, H, W)``) or a whole batch
+    (``(B, C, H, W)``, one random symmetry per sample) on any device and in any dtype: apply
+    it to the uint8 batch on the GPU, before or after
+    :class:`~geoplant.torch.normalize.DeviceNormalizer` (a per-channel normalisation commutes
+    with a symmetry). A batch is 8 gathers at most (one per symmetry drawn), never a loop
+    over samples. Randomness comes from torch's CPU RNG (or ``generator``, a CPU generator),
+    which the DataLoader seeds differently in each worker; drawing on the CPU keeps the
+    device stream free of synchronisations.
+
+    Given to ``SurveyDataset(transforms=...)`` it is applied to whole batches (``batched``).
 
     Parameters
     ----------
@@ -26,8 +33,11 @@ class RandomFlipRotate:
     rotate
         Allow rotations by 90, 180, 270 degrees.
     generator
-        Optional ``torch.Generator`` for reproducibility.
+        Optional CPU ``torch.Generator`` for reproducibility.
     """
+
+    #: Works on a whole batch dict: ``SurveyDataset`` calls it once per batch.
+    batched = True
 
     def __init__(self, keys: Sequence[str] = ("sentinel2",), *, flip: bool = True,
                  rotate: bool = True, generator: torch.Generator | None = None) -> None:
@@ -56,19 +66,27 @@ class RandomFlipRotate:
         keys = [k for k in self.keys if k in sample]
         if not keys:
             return out
+        keys += [f"mask_{k_}" for k_ in keys if f"mask_{k_}" in sample]
         first = sample[keys[0]]
         if first.ndim == 3:
             k, f = self._draw(1)
-            for key in keys + [f"mask_{k_}" for k_ in keys if f"mask_{k_}" in sample]:
+            for key in keys:
                 out[key] = self.apply(sample[key], int(k[0]), bool(f[0])).contiguous()
             return out
         k, f = self._draw(first.shape[0])
-        for key in keys + [f"mask_{k_}" for k_ in keys if f"mask_{k_}" in sample]:
-            x = sample[key].clone()
-            for kk in range(4):
-                for ff in (False, True):
-                    sel = (k == kk) & (f == ff)
-                    if sel.any() and (kk or ff):
-                        x[sel] = self.apply(sample[key][sel], kk, ff)
-            out[key] = x
+        group = (k * 2 + f.long()).tolist()  # symmetry of each sample, on the CPU
+        members: dict[int, list[int]] = {}
+        for i, g in enumerate(group):
+            members.setdefault(g, []).append(i)
+        for key in keys:
+            x = sample[key]
+            if len(members) == 1:  # one symmetry for the whole batch: no gather
+                (g,) = members
+                out[key] = self.apply(x, g // 2, bool(g % 2)).contiguous()
+                continue
+            y = torch.empty_like(x)
+            for g, rows in members.items():
+                idx = torch.tensor(rows, dtype=torch.long).to(x.device, non_blocking=True)
+                y[idx] = self.apply(x.index_select(0, idx), g // 2, bool(g % 2))
+            out[key] = y
         return out

@@ -26,6 +26,11 @@ One module per concern, everything re-exported here:
     :func:`select_device`, :func:`seed_everything`, autocast settings.
 :mod:`geoplant.train.distributed`
     :func:`init_distributed`, all-reduces, sharding loaders by rank.
+:mod:`geoplant.train.launch`
+    :func:`~geoplant.train.launch.spawn`: N torchrun workers started from one process (a
+    notebook kernel), their output relayed, their errors returned as one line.
+:mod:`geoplant.train.progress`
+    tqdm bars and the one-line epoch summaries notebooks and papermill show.
 
 :func:`spatial_block_split` lives in the torch-free :mod:`geoplant.splits`.
 
@@ -40,6 +45,20 @@ with a ``num_replicas`` or ``world_size`` attribute is taken to shard by rank it
 metrics are all-reduced; only rank 0 writes checkpoints and logs. ::
 
     torchrun --nproc_per_node=4 train_script.py
+
+A notebook cannot be started by torchrun: :func:`geoplant.experiment.fit_torch` with
+``nproc=N`` (``geoplant run NAME --nproc N``) starts N workers itself
+(:mod:`geoplant.train.launch`), each joining the process group before it builds its loaders
+(``BlockShuffleSampler`` takes its shard from the group), and predicts in the notebook's
+process with the weights rank 0 sends back.
+
+Speed settings
+--------------
+``TrainConfig.amp`` (bf16 where the GPU supports it, else fp16 with a GradScaler; off on
+CPU), ``channels_last``, ``compile`` (``torch.compile``) and ``grad_accum_steps``. Batches
+go to the device with non-blocking copies (pin the loader's memory) in their stored dtypes;
+the loss is summed on the device and read once per ``log_every`` optimizer steps, and a
+non-finite loss is caught before ``optimizer.step`` (one flag read per step).
 
 Validation metric
 -----------------
@@ -65,7 +84,10 @@ Reproducibility and resume
 ``seed_everything`` seeds Python, NumPy and torch. A checkpoint (written atomically at every
 epoch's end) holds the model, optimizer, scheduler, AMP scaler, epoch, best metric, early
 stopping counter, history and the RNG states of every rank, so a resumed run continues
-exactly as an uninterrupted one (tested on CPU, single process: the same losses).
+exactly as an uninterrupted one (tested on CPU, single process: the same losses). It also
+holds the run's settings: a resume with other settings (lr, epochs, loss, the caller's
+``extra_settings``...) or another model is refused in one line; ``resume=False`` discards
+the old checkpoints and starts over.
 """
 
 from geoplant.splits import spatial_block_split

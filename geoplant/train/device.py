@@ -22,6 +22,7 @@ from geoplant.errors import GeoplantError
 
 __all__ = [
     "AmpSettings",
+    "accumulator_dtype",
     "amp_settings",
     "gpu_utilization",
     "peak_memory_mb",
@@ -80,11 +81,39 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """The batch dict with its tensors on ``device`` (non-blocking copies to CUDA)."""
+def to_device(batch: Mapping[str, Any], device: torch.device, *,
+              channels_last: bool = False) -> dict[str, Any]:
+    """The batch dict with its tensors on ``device``, dtypes unchanged.
+
+    Copies to CUDA are non-blocking: with a loader's ``pin_memory=True`` they overlap the
+    compute of the previous step (without pinning they are synchronous, and still correct).
+    Integer tensors (e.g. uint8 patches for an on-device normaliser) stay integer.
+
+    Parameters
+    ----------
+    batch
+        A batch dict (non-tensor values are passed through).
+    device
+        The target device.
+    channels_last
+        Give 4-d tensors (image-like ``(B, C, H, W)`` modalities) the channels-last memory
+        layout, to match a model converted with ``memory_format=torch.channels_last``.
+    """
     nb = device.type == "cuda"
-    return {k: (v.to(device, non_blocking=nb) if isinstance(v, Tensor) else v)
-            for k, v in batch.items()}
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if isinstance(v, Tensor):
+            v = v.to(device, non_blocking=nb)
+            if channels_last and v.ndim == 4:
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def accumulator_dtype(device: torch.device) -> torch.dtype:
+    """float64 for sums kept on ``device`` (exact counts and losses), float32 on MPS (which
+    has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 class AmpSettings(NamedTuple):

@@ -21,6 +21,7 @@ from geoplant.train.device import select_device, torchrun_world
 
 __all__ = [
     "all_reduce",
+    "all_reduce_tensor",
     "init_distributed",
     "is_distributed",
     "set_epoch",
@@ -73,9 +74,24 @@ def all_reduce(values: list[float], device: torch.device,
     return t.tolist()
 
 
+def all_reduce_tensor(t: torch.Tensor, op: Literal["sum", "max"] = "sum") -> torch.Tensor:
+    """Sum (or max) ``t`` over all ranks in place, on its device (no host sync); ``t``
+    itself in one process."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a :class:`~torch.nn.parallel.DistributedDataParallel` wrapper."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The module inside :class:`~torch.nn.parallel.DistributedDataParallel` and
+    ``torch.compile`` wrappers (the one whose ``state_dict`` has plain keys)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
 
 
 def _is_distributed_sampler(obj: Any) -> bool:

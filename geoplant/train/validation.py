@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from geoplant.train.device import to_device
-from geoplant.train.distributed import all_reduce
+from geoplant.train.device import accumulator_dtype, to_device
+from geoplant.train.distributed import all_reduce_tensor
 from geoplant.train.losses import LossFn
+from geoplant.train.progress import iterate
 
 __all__ = [
     "METRICS",
@@ -93,8 +94,12 @@ def samples_f1_threshold(scores: Tensor, targets: Tensor, thresholds: Tensor,
 @torch.no_grad()
 def validation_metrics(model: nn.Module, loader: Any, loss_fn: LossFn, device: torch.device,
                        autocast: Callable[[], contextlib.AbstractContextManager[Any]], *,
-                       top_k: int, thresholds: Sequence[float]) -> dict[str, float]:
+                       top_k: int, thresholds: Sequence[float], channels_last: bool = False,
+                       progress: bool = False) -> dict[str, float]:
     """Loss and samples-F1 of ``model`` over ``loader``, averaged over all ranks' surveys.
+
+    Sums stay on the device and are all-reduced and read once at the end: no host sync
+    per batch.
 
     Parameters
     ----------
@@ -108,6 +113,10 @@ def validation_metrics(model: nn.Module, loader: Any, loss_fn: LossFn, device: t
         Where batches go, and the autocast context to run the model in.
     top_k, thresholds
         K of ``f1_topk``; the grid of ``f1_threshold``.
+    channels_last
+        Batches' 4-d tensors in channels-last layout (as the model's).
+    progress
+        Show a progress bar (removed when done).
 
     Returns
     -------
@@ -117,24 +126,21 @@ def validation_metrics(model: nn.Module, loader: Any, loss_fn: LossFn, device: t
     """
     model.eval()
     grid = torch.tensor(thresholds, dtype=torch.float32, device=device)
-    loss_sum = 0.0
-    f1k_sum = 0.0
-    f1t_sum = torch.zeros(len(grid), dtype=torch.float64, device=device)
-    n = 0
-    for batch in loader:
-        batch = to_device(batch, device)
+    # loss sum, top-K F1 sum, survey count, then one F1 sum per threshold
+    sums = torch.zeros(3 + len(grid), dtype=accumulator_dtype(device), device=device)
+    for batch in iterate(loader, desc="validation", enabled=progress, leave=False):
+        batch = to_device(batch, device, channels_last=channels_last)
         with autocast():
             logits = model(batch)
         logits = logits.float()
         y = batch["labels"].float()
-        b = y.shape[0]
-        loss_sum += float(loss_fn(logits, y)) * b
         p = torch.sigmoid(logits)
-        f1k_sum += float(samples_f1_topk(p, y, top_k).sum())
+        sums[0] += loss_fn(logits, y).to(sums.dtype) * y.shape[0]
+        sums[1] += samples_f1_topk(p, y, top_k).sum().to(sums.dtype)
+        sums[2] += y.shape[0]
         if len(grid):
-            f1t_sum += samples_f1_threshold(p, y, grid).sum(1).double()
-        n += b
-    reduced = all_reduce([loss_sum, f1k_sum, float(n), *f1t_sum.tolist()], device)
+            sums[3:] += samples_f1_threshold(p, y, grid).sum(1).to(sums.dtype)
+    reduced = all_reduce_tensor(sums).tolist()
     loss_sum, f1k_sum, n_all = reduced[:3]
     f1t = np.asarray(reduced[3:]) / max(n_all, 1)
     best = int(np.argmax(f1t)) if len(f1t) else 0

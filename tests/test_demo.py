@@ -1,0 +1,83 @@
+"""geoplant demo reuses a step's output only when it was made with the same parameters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import geoplant.builder
+import geoplant.run
+import geoplant.synthetic.release
+from geoplant.demo import STATE_FILE, demo
+
+
+class _Steps:
+    """Stand-ins for the release writer, the builder and the baseline runner that record
+    their calls and leave the files the demo checks for."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        monkeypatch.setattr(geoplant.synthetic.release, "write_release", self.release)
+        monkeypatch.setattr(geoplant.builder, "build", self.build)
+        monkeypatch.setattr(geoplant.run, "run_baseline", self.run)
+
+    def release(self, raw: Path, **kw: Any) -> None:
+        self.calls.append(("release", kw))
+        (raw / "truth").mkdir(parents=True, exist_ok=True)
+        (raw / "truth" / "parameters.json").write_text(json.dumps(kw))
+
+    def build(self, raw: Path, store: Path, **kw: Any) -> None:
+        self.calls.append(("build", kw))
+        store.mkdir(parents=True, exist_ok=True)
+        (store / "manifest.json").write_text("{}")
+
+    def run(self, name: str, store: Path, target: Path, **kw: Any) -> dict[str, Any]:
+        self.calls.append((f"run {name}", kw))
+        target.mkdir(parents=True, exist_ok=True)
+        metrics = {"test_samples_f1": 0.5, "epochs": kw["parameters"].get("epochs")}
+        (target / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    def take(self) -> list[str]:
+        names = [name for name, _ in self.calls]
+        self.calls.clear()
+        return names
+
+
+def test_demo_remakes_steps_whose_parameters_changed(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = _Steps(monkeypatch)
+    quiet = {"baselines": ("env-nn",), "progress": False}
+    demo(tmp_path, seed=0, **quiet)
+    assert steps.take() == ["release", "build", "run env-nn"]
+    demo(tmp_path, seed=0, **quiet)  # same parameters: everything reused
+    assert steps.take() == []
+
+    demo(tmp_path, seed=0, epochs=2, **quiet)  # other epochs: the runs only, from scratch
+    assert [(n, kw["fresh"], kw["parameters"]) for n, kw in steps.calls] == [
+        ("run env-nn", True, {"epochs": 2})]
+    steps.take()
+
+    rows = demo(tmp_path, seed=1, epochs=2, **quiet)  # another world: every step
+    assert steps.calls[0] == ("release", {"preset": "tiny", "seed": 1, "overwrite": True,
+                                          "progress": False})
+    assert steps.calls[1][1]["overwrite"] is True and steps.calls[2][1]["fresh"] is True
+    steps.take()
+    assert rows[0]["epochs"] == 2
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    assert state["release"] == state["store"] == {"preset": "tiny", "seed": 1}
+    assert state["runs/env-nn"] == {"preset": "tiny", "seed": 1, "epochs": 2}
+
+
+def test_demo_resumes_an_interrupted_step(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = _Steps(monkeypatch)
+    quiet = {"baselines": ("env-nn",), "progress": False}
+    demo(tmp_path, **quiet)
+    steps.take()
+    (tmp_path / "runs" / "env-nn" / "metrics.json").unlink()  # killed before it finished
+    demo(tmp_path, **quiet)
+    assert [(n, kw["fresh"]) for n, kw in steps.calls] == [("run env-nn", False)]
