@@ -34,7 +34,7 @@ def _peak_rss_mib() -> float:
 def _store(args: argparse.Namespace) -> Path:
     if args.store:
         return Path(args.store)
-    from geoplant.build import build
+    from geoplant.builder import build
     from geoplant.synthetic.release import write_release
 
     work = Path(args.work)

@@ -42,7 +42,7 @@ FEATURES = ("Bio1", "Bio12", "Bio4", "Elevation", "Soilgrid-phh2o", "Soilgrid-sa
 def _prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     if args.release and args.store:
         return Path(args.release), Path(args.store)
-    from geoplant.build import build
+    from geoplant.builder import build
     from geoplant.synthetic.release import write_release
 
     work = Path(args.work)

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,20 +47,13 @@ def on_kaggle() -> bool:
     return KAGGLE_INPUT.is_dir() or "KAGGLE_KERNEL_RUN_TYPE" in os.environ
 
 
-def locate_data(data: str | None) -> str:
-    """The store to use: ``data`` if given, else one attached under ``/kaggle/input``.
+def locate_data(data: str | None, modalities: Sequence[str] | None = None) -> str:
+    """The store to use: ``data`` if given, else what is attached on Kaggle: an attached
+    store, or the attached raw release built once into ``/kaggle/working`` for
+    ``modalities`` (see :func:`geoplant.kaggle.attached.resolve_data`)."""
+    from geoplant.kaggle.attached import resolve_data
 
-    On Kaggle, attach a dataset holding a store built by ``geoplant build`` (a folder with
-    ``manifest.json``); the first one found is used.
-    """
-    if data:
-        return str(data)
-    if KAGGLE_INPUT.is_dir():
-        for manifest in sorted(KAGGLE_INPUT.glob("**/manifest.json")):
-            return str(manifest.parent)
-    raise GeoplantError("no data given and no store under /kaggle/input",
-                        fix="pass the store folder (parameter `data`), e.g. one built by "
-                            "`geoplant build`")
+    return resolve_data(data, modalities=modalities)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ class Labels:
 
 
 class Store:
-    """A geoplant store built by ``geoplant build`` (see :mod:`geoplant.build`).
+    """A geoplant store built by ``geoplant build`` (see :mod:`geoplant.builder`).
 
     Parameters
     ----------

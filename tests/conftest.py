@@ -49,7 +49,7 @@ def loader_store(glc24_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
     Shared read-only: a test that modifies a store copies it first.
     """
-    from geoplant.build import build
+    from geoplant.builder import build
 
     out = tmp_path_factory.mktemp("loader") / "store"
     build(glc24_tiny, out, progress=False, rasters=False)
@@ -75,7 +75,7 @@ def loader_mem_ds(loader_store: Path, loader_stats: dict[str, Any]) -> SurveyDat
 @pytest.fixture(scope="session")
 def raster_store(glc24_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store built from ``glc24_tiny`` with its environmental rasters (read-only)."""
-    from geoplant.build import build
+    from geoplant.builder import build
 
     out = tmp_path_factory.mktemp("rasters") / "store"
     build(glc24_tiny, out, progress=False)

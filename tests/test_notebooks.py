@@ -11,7 +11,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from geoplant.build import build
+from geoplant.builder import build
 from geoplant.run import list_baselines, run_baseline
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -57,6 +57,7 @@ def test_training_settings_are_notebook_parameters(notebook: str) -> None:
 
 @pytest.mark.parametrize("name, params", [
     ("explore", {}),
+    ("maps", {"top": 2, "truth_draws": 2}),
     ("env-logistic", {}),
     ("landsat-nn", {"epochs": 1}),
     ("mme-multimodal", {"epochs": 1}),
@@ -75,6 +76,12 @@ def test_baseline_notebooks_run_and_score(tiny_store: Path, tmp_path: Path, name
     assert name in card and "Hardware" in card and "arXiv:2408.13928" in card
     if name == "explore":
         assert metrics["pa_surveys"] > 0 and (out / "survey_map.png").stat().st_size > 0
+        return
+    if name == "maps":  # wall-to-wall maps, indicators and agreement with the true maps
+        assert (out / "maps" / "richness.tif").stat().st_size > 0
+        assert (out / "maps" / "indicators" / "species_indicators.csv").is_file()
+        lo, hi = metrics["map_spearman_mean_ci"]
+        assert 0.2 < lo <= metrics["map_spearman_mean"] <= hi
         return
     assert 0 < metrics["test_samples_f1"] <= 1
     assert 0 < metrics["oracle_samples_f1"] <= 1

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from geoplant import layouts
-from geoplant.build import build
+from geoplant.builder import build
 from geoplant.downloader.extract import safe_extract
 from geoplant.errors import GeoplantError
 from geoplant.layouts import ENV_COLUMNS, LANDSAT_BANDS, Location

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 import geoplant.torch as gt
 import geoplant.torch.datasets as gtd
-from geoplant.build import CHUNK_SURVEYS
+from geoplant.builder import CHUNK_SURVEYS
 from geoplant.errors import GeoplantError
 from geoplant.store import open_store
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import geoplant.torch as gt
-from geoplant.build import CHUNK_SURVEYS
+from geoplant.builder import CHUNK_SURVEYS
 from geoplant.errors import GeoplantError
 
 
