@@ -99,3 +99,33 @@ def env_model_dir(raster_store: Path, tmp_path_factory: pytest.TempPathFactory) 
     return save_model(model, tmp_path_factory.mktemp("model") / "env-logistic",
                       species_ids=np.asarray(labels.species_ids, dtype=np.int64),
                       feature_names=env_feature_names(store), meta={"store": str(raster_store)})
+
+
+# -- the download suites: an offline process, a local mirror and a small release on it ------
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No connection but to 127.0.0.1, and no Kaggle set-up, proxy or /kaggle/input of the
+    user's (`local_http.isolate`)."""
+    from local_http import isolate
+
+    isolate(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def server() -> Iterator[Any]:
+    """A `local_http.MirrorServer` (files, Range, faults, the Kaggle API routes)."""
+    from local_http import MirrorServer
+
+    srv = MirrorServer()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def release(server: Any, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A small glc24-layout release served by ``server``: (catalog YAML, served files)."""
+    from local_http import make_release
+
+    return make_release(server, tmp_path)

@@ -6,34 +6,17 @@ errors. The fetch, lock-file, planning, Kaggle and extraction details have their
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_http import MirrorServer, isolate, make_release, sha
+from local_http import MirrorServer, sha
 
 from geoplant import cli
 from geoplant.catalog import load_catalog
 from geoplant.downloader import LOCK_FILE, download
 from geoplant.errors import GeoplantError
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Refuse any connection that is not to 127.0.0.1; isolate from the user's Kaggle setup."""
-    isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def server() -> Iterator[MirrorServer]:
-    srv = MirrorServer()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def release(server: MirrorServer, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
-    return make_release(server, tmp_path)
+pytestmark = pytest.mark.usefixtures("offline")  # only 127.0.0.1; no Kaggle set-up
 
 
 def test_dry_run_lists_every_glc24_part_offline(tmp_path: Path, capsys) -> None:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_http import MirrorServer, isolate, make_release, set_part, sha
+from local_http import MirrorServer, set_part, sha
 
 from geoplant import cli
 from geoplant.downloader import LOCK_FILE, download
@@ -22,21 +21,7 @@ PATCHES = "SatellitePatches/PA-Train-SatellitePatches-RGB.zip"  # ~1.2 MB, no ch
 PATCHES_PART = "patches-rgb-pa-train"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def server() -> Iterator[MirrorServer]:
-    srv = MirrorServer()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def release(server: MirrorServer, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
-    return make_release(server, tmp_path)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def test_interrupted_download_resumes_with_range(release, server: MirrorServer,

@@ -9,13 +9,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
-from local_http import MirrorServer, isolate, make_release, set_part, sha, zip_bytes
+from local_http import MirrorServer, set_part, sha, zip_bytes
 
 from geoplant import cli
 from geoplant.catalog import load_catalog
@@ -27,21 +26,7 @@ from geoplant.errors import GeoplantError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def server() -> Iterator[MirrorServer]:
-    srv = MirrorServer()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def release(server: MirrorServer, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
-    return make_release(server, tmp_path)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def test_missing_kaggle_credentials(release, server: MirrorServer, tmp_path: Path,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_http import MirrorServer, isolate, make_release, set_part, sha
+from local_http import MirrorServer, set_part, sha
 
 from geoplant.catalog import PartFile
 from geoplant.downloader import LOCK_FILE, download
@@ -17,22 +16,7 @@ from geoplant.downloader.expect import mismatch
 from geoplant.downloader.lockfile import LockFile, check_file
 from geoplant.errors import GeoplantError
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def server() -> Iterator[MirrorServer]:
-    srv = MirrorServer()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def release(server: MirrorServer, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
-    return make_release(server, tmp_path)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def test_corrupted_byte_on_disk_is_detected_and_refetched(release, server: MirrorServer,

@@ -3,33 +3,17 @@ each part comes from, and parts a Kaggle kernel already has under ``/kaggle/inpu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_http import MirrorServer, isolate, make_release
+from local_http import MirrorServer
 
 from geoplant.catalog import load_catalog
 from geoplant.downloader import KAGGLE_INPUT_ENV, download, file_url
 from geoplant.downloader.plan import mirror_kind, plan_part
 from geoplant.errors import GeoplantError
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def server() -> Iterator[MirrorServer]:
-    srv = MirrorServer()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def release(server: MirrorServer, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
-    return make_release(server, tmp_path)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def test_mirror_url_forms() -> None:
