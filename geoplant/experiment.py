@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from geoplant.errors import GeoplantError
-from geoplant.files import atomic_write_text
+from geoplant.files import atomic_write_text, json_default
 from geoplant.splits import spatial_block_split
 from geoplant.store import Store
 
@@ -604,13 +604,7 @@ def write_metrics(out_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) -
     NumPy scalars and arrays become JSON numbers and lists; anything else unknown, its
     ``str``. Returns the file's path.
     """
-    text = json.dumps(metrics, indent=1, default=_jsonable) + "\n"
+    text = json.dumps(metrics, indent=1, default=json_default) + "\n"
     return atomic_write_text(Path(out_dir) / "metrics.json", text)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

@@ -28,6 +28,8 @@ __all__ = [
     "atomic_write_url",
     "atomic_write_with",
     "join_path",
+    "json_default",
+    "pid_alive",
     "remove_stale_temporaries",
     "sha256_file",
 ]
@@ -127,6 +129,18 @@ def atomic_write_url(url: str, data: bytes, storage_options: dict[str, Any] | No
     return root
 
 
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for results: numpy scalars and arrays as Python values,
+    anything else as its ``str``."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """The hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -145,7 +159,7 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     removed = []
     for tmp in Path(folder).rglob(f".*{TMP_MARK}*"):
         pid_text = tmp.name.rsplit(TMP_MARK, 1)[1].split("-", 1)[0]
-        if not tmp.is_file() or (pid_text.isdigit() and _pid_alive(int(pid_text))):
+        if not tmp.is_file() or (pid_text.isdigit() and pid_alive(int(pid_text))):
             continue
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -153,9 +167,8 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

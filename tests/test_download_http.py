@@ -161,6 +161,20 @@ def test_lock_records_the_announced_size_and_validators(release, server: MirrorS
     assert not list(dest.rglob("*.part*"))  # no .part, no .part.json left
 
 
+def _interrupt_then_publish_v2(server: MirrorServer, catalog: Path, files: dict[str, bytes],
+                               dest: Path) -> bytes:
+    """Cut the patches download at 500 kB, then serve a version 2 (ETag "v2") of the same
+    size with other bytes; return its bytes."""
+    server.cut["/mirror/" + PATCHES] = 500_000
+    with pytest.raises(GeoplantError, match="interrupted"):
+        download([PATCHES_PART], dest=dest, catalog=catalog, source="http", retries=0,
+                 progress=False)
+    new = bytes(b ^ 0x5A for b in files[PATCHES])
+    server.files["/mirror/" + PATCHES] = new
+    server.headers["ETag"] = '"v2"'
+    return new
+
+
 def test_changed_file_on_resume_starts_over_with_if_range(release, server: MirrorServer,
                                                           tmp_path: Path) -> None:
     """A .part file of version v1, and the mirror now serves v2: the resume asks
@@ -168,13 +182,7 @@ def test_changed_file_on_resume_starts_over_with_if_range(release, server: Mirro
     (which, with no checksum published, nothing would have caught)."""
     catalog, files = release
     dest = tmp_path / "dest"
-    server.cut["/mirror/" + PATCHES] = 500_000
-    with pytest.raises(GeoplantError, match="interrupted"):
-        download([PATCHES_PART], dest=dest, catalog=catalog, source="http", retries=0,
-                 progress=False)
-    new = bytes(b ^ 0x5A for b in files[PATCHES])  # same size, other bytes
-    server.files["/mirror/" + PATCHES] = new
-    server.headers["ETag"] = '"v2"'
+    new = _interrupt_then_publish_v2(server, catalog, files, dest)
     download([PATCHES_PART], dest=dest, catalog=catalog, source="http", progress=False)
     first, second = server.mirror_gets(PATCHES)
     assert first["if_range"] is None and first["status"] == 200
@@ -190,13 +198,7 @@ def test_server_ignoring_if_range_with_a_new_etag_starts_over(release, server: M
     another version, so it is dropped and the file fetched from byte 0."""
     catalog, files = release
     dest = tmp_path / "dest"
-    server.cut["/mirror/" + PATCHES] = 500_000
-    with pytest.raises(GeoplantError, match="interrupted"):
-        download([PATCHES_PART], dest=dest, catalog=catalog, source="http", retries=0,
-                 progress=False)
-    new = bytes(b ^ 0x5A for b in files[PATCHES])
-    server.files["/mirror/" + PATCHES] = new
-    server.headers["ETag"] = '"v2"'
+    new = _interrupt_then_publish_v2(server, catalog, files, dest)
     server.ignore_if_range = True
     download([PATCHES_PART], dest=dest, catalog=catalog, source="http", progress=False)
     gets = server.mirror_gets(PATCHES)

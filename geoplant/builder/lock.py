@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from geoplant.builder.storefiles import read_json_dict
 from geoplant.errors import GeoplantError
+from geoplant.files import pid_alive
 
 __all__ = ["LOCK_NAME", "acquire_lock", "release_lock", "store_lock"]
 
@@ -78,13 +79,7 @@ def _is_stale(holder: dict[str, Any] | None, path: Path, flocked: bool | None) -
     pid = holder.get("pid")
     if not isinstance(pid, int):
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not pid_alive(pid)
 
 
 def _write_holder(fd: int) -> None:

@@ -52,15 +52,22 @@ def kaggle_credentials_present() -> bool:
         return True
     if env.get("KAGGLE_API_TOKEN"):
         return True
-    home = Path.home()
-    dirs = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else [
-        home / ".kaggle", Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"]
-    if any(_config_has_credentials(d) for d in dirs):
+    if any(_config_has_credentials(d) for d in kaggle_config_dirs()):
         return True
     with contextlib.suppress(OSError, ValueError):
-        if json.loads((home / ".kaggle" / "credentials.json").read_text()).get("refresh_token"):
+        credentials = Path.home() / ".kaggle" / "credentials.json"
+        if json.loads(credentials.read_text()).get("refresh_token"):
             return True
     return False
+
+
+def kaggle_config_dirs() -> list[Path]:
+    """Where the kaggle client looks for ``kaggle.json``: ``KAGGLE_CONFIG_DIR``, else
+    ``~/.kaggle`` and ``$XDG_CONFIG_HOME/kaggle``."""
+    env, home = os.environ, Path.home()
+    if env.get("KAGGLE_CONFIG_DIR"):
+        return [Path(env["KAGGLE_CONFIG_DIR"])]
+    return [home / ".kaggle", Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"]
 
 
 def _config_has_credentials(folder: Path) -> bool:
@@ -84,21 +91,30 @@ def kaggle_api() -> Any:
     GeoplantError
         When no credentials are found or the client refuses them.
     """
+    api = authenticated_api(NO_CREDENTIALS)
+    _DOWNLOADS.watch(api)
+    return api
+
+
+def authenticated_api(missing: GeoplantError) -> Any:
+    """A quiet, authenticated ``KaggleApi``; ``missing`` is raised without credentials.
+
+    Honours ``KAGGLE_API_ENVIRONMENT=LOCALHOST`` at call time (the client reads it once, at
+    import), which the tests use to reach a stand-in of the API on 127.0.0.1.
+    """
     if not kaggle_credentials_present():
-        raise NO_CREDENTIALS
+        raise missing
     # Importing kaggle authenticates at import time and prints help on failure: keep it quiet.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         from kaggle.api.kaggle_api_extended import KaggleApi
 
         api = KaggleApi()
-        # kaggle reads KAGGLE_API_ENVIRONMENT once, at import; honour its current value.
         if os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST" and "--local" not in api.args:
             api.args = [*api.args, "--local"]
         try:
             api.authenticate()
         except SystemExit:
-            raise NO_CREDENTIALS from None
-    _DOWNLOADS.watch(api)
+            raise missing from None
     return api
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from geoplant.errors import GeoplantError
+from geoplant.files import pid_alive
 
 __all__ = [
     "INPUT_ENV",
@@ -452,10 +453,4 @@ def _holder_alive(path: Path) -> bool:
     pid = info.get("pid")
     if info.get("host") != socket.gethostname() or not isinstance(pid, int):
         return bool(info)  # another host's lock: its pid means nothing here; assume live
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)

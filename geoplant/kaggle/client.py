@@ -11,7 +11,6 @@ import io
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from geoplant.errors import GeoplantError
@@ -31,13 +30,11 @@ def credentials_present() -> bool:
 def configured_username() -> str | None:
     """The Kaggle user name of the configured credentials (``KAGGLE_USERNAME`` or the
     ``username`` of ``kaggle.json``), without contacting Kaggle; ``None`` when unknown."""
-    env = os.environ
-    if env.get("KAGGLE_USERNAME"):
-        return env["KAGGLE_USERNAME"]
-    home = Path.home()
-    dirs = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else [
-        home / ".kaggle", Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"]
-    for folder in dirs:
+    from geoplant.downloader.kaggle import kaggle_config_dirs
+
+    if os.environ.get("KAGGLE_USERNAME"):
+        return os.environ["KAGGLE_USERNAME"]
+    for folder in kaggle_config_dirs():
         with contextlib.suppress(OSError, ValueError, AttributeError):
             name = json.loads((folder / "kaggle.json").read_text()).get("username")
             if name:
@@ -60,30 +57,16 @@ def quiet() -> Iterator[io.StringIO]:
 
 
 def kaggle_api(action: str) -> Any:
-    """An authenticated ``kaggle.api.kaggle_api_extended.KaggleApi``.
-
-    Honours ``KAGGLE_API_ENVIRONMENT=LOCALHOST`` at call time (the client reads it once, at
-    import), which the tests use to reach a stand-in of the API on 127.0.0.1.
+    """An authenticated ``kaggle.api.kaggle_api_extended.KaggleApi``, quiet, without prompts.
 
     Raises
     ------
     GeoplantError
         Without credentials, or when the client refuses them.
     """
-    if not credentials_present():
-        raise no_credentials(action)
-    # Importing kaggle authenticates at import time and prints help on failure: keep it quiet.
-    with quiet(), contextlib.redirect_stderr(io.StringIO()):
-        from kaggle.api.kaggle_api_extended import KaggleApi
+    from geoplant.downloader.kaggle import authenticated_api
 
-        api = KaggleApi()
-        if os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST" and "--local" not in api.args:
-            api.args = [*api.args, "--local"]
-        try:
-            api.authenticate()
-        except SystemExit:
-            raise no_credentials(action) from None
-    return api
+    return authenticated_api(no_credentials(action))
 
 
 def http_status(err: BaseException) -> int | None:

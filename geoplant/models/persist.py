@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geoplant.errors import GeoplantError
-from geoplant.files import atomic_write_text
+from geoplant.files import atomic_write_text, json_default
 
 if TYPE_CHECKING:
     from geoplant.models.classic import EnvLogisticBaseline, FrequencyBaseline
@@ -140,7 +140,7 @@ def save_model(model: EnvLogisticBaseline | FrequencyBaseline, folder: str | os.
     os.replace(tmp, out / "weights.npz")
     doc = {"format": FORMAT, "kind": kind, "settings": settings, "feature_names": names,
            "n_species": int(n_species), "meta": dict(meta or {})}
-    atomic_write_text(out / "model.json", json.dumps(doc, indent=1, default=_jsonable) + "\n")
+    atomic_write_text(out / "model.json", json.dumps(doc, indent=1, default=json_default) + "\n")
     return out
 
 
@@ -194,9 +194,3 @@ def load_model(folder: str | os.PathLike[str]) -> SavedModel:
                       [str(n) for n in doc["feature_names"]], dict(doc.get("meta", {})), path)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

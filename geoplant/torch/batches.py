@@ -25,6 +25,8 @@ from typing import Any, Final
 import numpy as np
 import torch
 
+from geoplant.files import pid_alive
+
 __all__ = ["PackedBatch", "pack"]
 
 #: Byte alignment of each tensor inside a packed buffer.
@@ -136,16 +138,6 @@ class _Remote:
 _REMOTES: dict[str, _Remote] = {}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _view_offset(tensor: torch.Tensor, flat: torch.Tensor) -> int | None:
     """Byte offset of ``tensor`` inside ``flat`` when it is a contiguous view of it."""
     if (tensor.device != flat.device or not tensor.is_contiguous()
@@ -176,7 +168,7 @@ def _unpack_slot(token: str, pid: int, slot: int, buffer: torch.Tensor | None,
                  parts: Sequence[tuple[Any, ...]]) -> PackedBatch:
     """Rebuild a batch a worker wrote into its arena slot ``slot`` (main process side)."""
     if flags is not None:  # a new worker: forget the arenas of workers that are gone
-        for old in [t for t, r in _REMOTES.items() if not _alive(r.pid)]:
+        for old in [t for t, r in _REMOTES.items() if not pid_alive(r.pid)]:
             del _REMOTES[old]
         _REMOTES[token] = _Remote(pid, flags)
     remote = _REMOTES[token]
