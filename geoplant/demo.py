@@ -133,16 +133,26 @@ def _baseline(target: Path, store: Path, state: _State, name: str, key: dict[str
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The results as a fixed-width table."""
-    lines = [f"{'baseline':<18} {'test samples-F1':>15} {'oracle':>8} {'of oracle':>9} "
-             f"{'val F1':>7} {'decoder':>12}"]
+    """The results as a fixed-width table; test scores with their 95% bootstrap interval
+    over the test surveys (``[lo, hi]``) where the run recorded one."""
+    lines = [f"{'baseline':<18} {'test samples-F1 [95% CI]':>25} {'oracle':>7} "
+             f"{'of oracle [95% CI]':>21} {'val F1':>7} {'decoder':>12}"]
     for r in rows:
         f1 = r.get("test_samples_f1", float("nan"))
         oracle = r.get("oracle_samples_f1", float("nan"))
-        lines.append(f"{r['baseline']:<18} {f1:>15.4f} {oracle:>8.4f} "
-                     f"{r.get('fraction_of_oracle', float('nan')):>9.1%} "
+        frac = r.get("fraction_of_oracle", float("nan"))
+        lines.append(f"{r['baseline']:<18} {_with_ci(f1, r.get('test_samples_f1_ci'), '.4f'):>25} "
+                     f"{oracle:>7.4f} {_with_ci(frac, r.get('fraction_of_oracle_ci'), '.1%'):>21} "
                      f"{r.get('val_samples_f1', float('nan')):>7.4f} {r.get('decoder', ''):>12}")
     return "\n".join(lines)
+
+
+def _with_ci(value: float, ci: Any, fmt: str) -> str:
+    """``0.4321 [0.4210, 0.4433]`` (the value alone when no interval was recorded)."""
+    text = format(value, fmt)
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        text += f" [{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
+    return text
 
 
 def _say(text: str, show: bool) -> None:

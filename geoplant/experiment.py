@@ -38,6 +38,10 @@ if TYPE_CHECKING:  # torch and the models load only when a step needs them
 #: The normalisation statistics :func:`fit_torch` used, in its ``out_dir``.
 NORMALIZATION_FILE = "normalization.json"
 
+#: Key of :func:`score`'s per-survey F1 (model and oracle), written to :data:`PER_SURVEY_FILE`.
+PER_SURVEY_KEY = "test_per_survey"
+PER_SURVEY_FILE = "per_survey.csv"
+
 #: Where Kaggle mounts attached datasets.
 KAGGLE_INPUT = Path(os.environ.get("GEOPLANT_KAGGLE_INPUT", "/kaggle/input"))
 
@@ -554,10 +558,15 @@ def truth_dir(store: Store) -> Path | None:
 
 
 def score(store: Store, plan: Plan, test: Predictions, decoder: dict[str, Any],
-          val: Predictions | None = None) -> dict[str, Any]:
+          val: Predictions | None = None, *, bootstrap: int = 1000,
+          seed: int = 0) -> dict[str, Any]:
     """Metrics of the decoded test predictions against the synthetic truth, with the oracle's.
 
-    Without a truth (real data), only validation metrics are returned.
+    Every test score carries a 95% bootstrap interval over the test surveys (``<name>_ci``,
+    :func:`score_intervals`; ``bootstrap`` resamples, seeded by ``seed``), and the per-survey
+    F1 of the model and the oracle are under :data:`PER_SURVEY_KEY` (which
+    :func:`write_metrics` writes to ``per_survey.csv``, so two runs can be compared survey by
+    survey). Without a truth (real data), only validation metrics are returned.
     """
     from geoplant import decode, metrics
 
@@ -590,7 +599,28 @@ def score(store: Store, plan: Plan, test: Predictions, decoder: dict[str, Any],
         "oracle_samples_f1": round(float(metrics.samples_f1(truth.labels, oracle_sets)), 4),
     })
     out["fraction_of_oracle"] = round(out["test_samples_f1"] / out["oracle_samples_f1"], 4)
+    f1 = metrics.samples_f1_per_survey(truth.labels, sets)
+    oracle_f1 = metrics.samples_f1_per_survey(truth.labels, oracle_sets)
+    out.update(score_intervals(f1, oracle_f1, n=bootstrap, seed=seed))
+    out[PER_SURVEY_KEY] = {"surveyId": truth.survey_ids, "f1": f1, "oracle_f1": oracle_f1}
     return out
+
+
+def score_intervals(f1: np.ndarray, oracle_f1: np.ndarray, *, n: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> dict[str, Any]:
+    """95% bootstrap intervals (test surveys resampled, paired) of a model's samples-F1, the
+    oracle's and their ratio: ``test_samples_f1_ci``, ``oracle_samples_f1_ci``,
+    ``fraction_of_oracle_ci`` (rounded ``[lo, hi]`` lists) and the ``bootstrap`` settings."""
+    from geoplant import metrics
+
+    ci = metrics.bootstrap_means({"model": f1, "oracle": oracle_f1},
+                                 ratios={"fraction": ("model", "oracle")}, n=n, seed=seed,
+                                 level=level)
+    return {"test_samples_f1_ci": [round(v, 4) for v in ci["model"]],
+            "oracle_samples_f1_ci": [round(v, 4) for v in ci["oracle"]],
+            "fraction_of_oracle_ci": [round(v, 4) for v in ci["fraction"]],
+            "bootstrap": {"n": n, "seed": seed, "level": level, "over": "test surveys",
+                          "n_surveys": len(f1)}}
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -602,9 +632,35 @@ def write_metrics(out_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) -
     """Write ``metrics.json`` (atomically) into ``out_dir`` (created if needed).
 
     NumPy scalars and arrays become JSON numbers and lists; anything else unknown, its
-    ``str``. Returns the file's path.
+    ``str``. The per-survey scores of :func:`score` (:data:`PER_SURVEY_KEY`) go to
+    ``per_survey.csv`` beside it instead. Returns the file's path.
     """
-    text = json.dumps(metrics, indent=1, default=json_default) + "\n"
+    out = dict(metrics)
+    per_survey = out.pop(PER_SURVEY_KEY, None)
+    if per_survey is not None:
+        import pandas as pd
+
+        text = pd.DataFrame(per_survey).to_csv(index=False, float_format="%.6g")
+        atomic_write_text(Path(out_dir) / PER_SURVEY_FILE, text)
+        out["per_survey_file"] = PER_SURVEY_FILE
+    text = json.dumps(out, indent=1, default=json_default) + "\n"
     return atomic_write_text(Path(out_dir) / "metrics.json", text)
+
+
+def read_per_survey(run_dir: str | os.PathLike[str]) -> Any:
+    """The ``per_survey.csv`` of a run folder as a DataFrame (surveyId, f1, oracle_f1).
+
+    Raises
+    ------
+    GeoplantError
+        The run wrote no per-survey scores (no synthetic truth, or an older run).
+    """
+    import pandas as pd
+
+    path = Path(run_dir) / PER_SURVEY_FILE
+    if not path.is_file():
+        raise GeoplantError("no per-survey scores", path=path,
+                            fix="run the baseline on a synthetic world (it has a truth)")
+    return pd.read_csv(path)
 
 

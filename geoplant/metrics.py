@@ -58,6 +58,7 @@ __all__ = [
     "auc_per_species",
     "bootstrap_interval",
     "bootstrap_intervals",
+    "bootstrap_means",
     "confusion_per_sample",
     "confusion_per_species",
     "evaluate_scores",
@@ -668,3 +669,50 @@ def bootstrap_intervals(metric: Callable[..., Mapping[str, float]], *arrays: Any
             collected.setdefault(key, []).append(float(value))
     return {k: _percentiles(np.asarray(v, dtype=np.float64), level)
             for k, v in collected.items()}
+
+
+def bootstrap_means(per_survey: Mapping[str, Any], *, ratios: Mapping[str, tuple[str, str]]
+                    | None = None, differences: Mapping[str, tuple[str, str]] | None = None,
+                    n: int = 1000, seed: int = 0, level: float = 0.95
+                    ) -> dict[str, tuple[float, float]]:
+    """Paired percentile bootstrap of means of per-survey scores (surveys resampled).
+
+    Every score is resampled with the *same* surveys, so the interval of a ratio or a
+    difference of two means accounts for their correlation (two models scored on the same
+    hard surveys): the way to say whether A beats B.
+
+    Parameters
+    ----------
+    per_survey
+        ``{name: values}``, one value per survey (same surveys, same order), e.g.
+        :func:`samples_f1_per_survey` of a model and of the oracle.
+    ratios, differences
+        ``{new name: (a, b)}``: intervals of ``mean(a) / mean(b)`` and ``mean(a) - mean(b)``.
+    n, seed, level
+        Resamples, their seed, coverage.
+
+    Returns
+    -------
+    dict
+        ``{name: (lo, hi)}`` for each entry of ``per_survey``, ``ratios`` and ``differences``.
+
+    Examples
+    --------
+    >>> a, b = np.array([1.0, 0.0, 1.0, 1.0]), np.array([1.0, 0.0, 1.0, 0.0])
+    >>> bootstrap_means({"a": a, "b": b}, differences={"a-b": ("a", "b")}, n=200)["a-b"][0]
+    0.0
+    """
+    _check_bootstrap(n, level)
+    values = {k: np.asarray(v, dtype=np.float64).ravel() for k, v in per_survey.items()}
+    n_rows = _n_rows(list(values.values()))
+    if n_rows == 0:
+        raise ValueError("bootstrap needs at least one survey")
+    rows = np.random.default_rng(seed).integers(0, n_rows, (n, n_rows))
+    means = {k: v[rows].mean(axis=1) for k, v in values.items()}
+    out = {k: _percentiles(m, level) for k, m in means.items()}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for name, (a, b) in (ratios or {}).items():
+            out[name] = _percentiles(means[a] / means[b], level)
+    for name, (a, b) in (differences or {}).items():
+        out[name] = _percentiles(means[a] - means[b], level)
+    return out

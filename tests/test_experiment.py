@@ -157,3 +157,23 @@ def test_run_settings_reach_the_notebook_and_errors_come_back_in_one_line(
                        "world_size": 2, "device": "cuda:0"}, store.manifest, 1.0)
     assert "Initial weights: sentinel2: random, env: random." in card
     assert "- Training: 2 processes on cuda:0" in card
+
+
+def test_scores_carry_bootstrap_intervals_and_per_survey_f1(store: Store, plan: ex.Plan,
+                                                            tmp_path: Path) -> None:
+    val, test, _ = ex.fit_classic(store, plan, "frequency")
+    decoder = ex.choose_decoder(val, progress=False)
+    metrics = ex.score(store, plan, test, decoder, val, bootstrap=200, seed=2)
+    for name in ("test_samples_f1", "oracle_samples_f1", "fraction_of_oracle"):
+        lo, hi = metrics[f"{name}_ci"]
+        assert lo < metrics[name] < hi, name
+    assert metrics["bootstrap"]["n_surveys"] == len(plan.test_ids)
+    ex.write_metrics(tmp_path, metrics)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert ex.PER_SURVEY_KEY not in written and written["per_survey_file"] == "per_survey.csv"
+    table = ex.read_per_survey(tmp_path)
+    assert sorted(table["surveyId"]) == sorted(plan.test_ids.tolist())
+    assert table["f1"].mean() == pytest.approx(metrics["test_samples_f1"], abs=1e-4)
+    assert table["oracle_f1"].mean() == pytest.approx(metrics["oracle_samples_f1"], abs=1e-4)
+    with pytest.raises(GeoplantError, match="no per-survey scores"):
+        ex.read_per_survey(tmp_path / "elsewhere")

@@ -195,3 +195,21 @@ def test_bootstrap_errors_and_nan() -> None:
         gm.bootstrap_interval(gm.samples_f1, t, p, level=1.5)
     lo, hi = gm.bootstrap_interval(lambda a: float("nan"), t, n=10)
     assert np.isnan(lo) and np.isnan(hi)
+
+
+def test_bootstrap_means_pairs_the_resamples() -> None:
+    t, p = _f1_data(400)
+    f1 = gm.samples_f1_per_survey(t, p)
+    better = np.clip(f1 + 0.02, 0, 1)  # a model 0.02 better on every survey
+    ci = gm.bootstrap_means({"a": better, "b": f1}, differences={"a-b": ("a", "b")},
+                            ratios={"b/a": ("b", "a")}, n=300, seed=1)
+    assert ci["b"][0] < gm.samples_f1(t, p) < ci["b"][1]
+    # the marginal intervals overlap, the paired difference is narrow and excludes 0
+    assert ci["a"][0] < ci["b"][1]
+    lo, hi = ci["a-b"]
+    assert 0 < lo <= hi < 0.021 and hi - lo < 0.25 * (ci["b"][1] - ci["b"][0])
+    assert ci["b/a"][1] < 1.0
+    # the same as resampling the rows with bootstrap_interval and the same seed
+    assert ci["b"] == pytest.approx(gm.bootstrap_interval(np.mean, f1, n=300, seed=1))
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        gm.bootstrap_means({"a": f1, "b": f1[:10]})
