@@ -22,15 +22,32 @@ from geoplant.files import atomic_write_text
 #: Where the demo records the parameters each step was made with.
 STATE_FILE = "demo.json"
 
+#: The world ``geoplant demo`` writes by default.
+DEFAULT_PRESET = "tiny"
+
+#: The baseline whose maps the demo scores against the true maps (after the table).
+MAPS_BASELINE = "maps"
+
+#: Pairs (a, b) the demo compares survey by survey when both ran: mean samples-F1 of a
+#: minus b with a paired bootstrap interval; a claim only where it excludes 0.
+COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("mme-po-pretrained", "mme-multimodal"), ("po-maxent-target", "po-maxent-uniform"),
+    ("po-env-maxent", "env-nn"), ("mme-multimodal", "env-logistic"))
+
+#: Presets ``geoplant demo --preset`` takes.
+DEMO_PRESETS = ("tiny", "small")
+
 #: Baselines the demo runs, in order (each a baselines/<name>.yaml).
 DEMO_BASELINES = ("naive-frequency", "env-logistic", "env-nn", "climate-nn", "landsat-nn",
                   "sentinel2-nn", "mme-multimodal")
 
 
-def demo(out: str | Path = "demo", *, preset: str = "tiny", seed: int = 0,
+def demo(out: str | Path = "demo", *, preset: str = DEFAULT_PRESET, seed: int = 0,
          baselines: tuple[str, ...] = DEMO_BASELINES, epochs: int | None = None,
-         progress: bool = True) -> list[dict[str, Any]]:
-    """Run the demo; return one row per baseline (and print the table).
+         maps: bool = True, progress: bool = True) -> list[dict[str, Any]]:
+    """Run the demo; return one row per baseline (and print the table, the paired
+    comparisons of :data:`COMPARISONS` and, with ``maps``, the agreement of the
+    :data:`MAPS_BASELINE` maps with the world's true maps).
 
     Finished steps are kept, keyed on the parameters they were made with (``demo.json`` in
     ``out``): rerunning with the same ``out`` and parameters reuses the release, the store
@@ -44,12 +61,18 @@ def demo(out: str | Path = "demo", *, preset: str = "tiny", seed: int = 0,
     started = time.perf_counter()
     store = _release_and_store(root, state, preset=preset, seed=seed, progress=progress)
     rows = []
+    key = {"preset": preset, "seed": seed, "epochs": epochs}
     for i, name in enumerate(baselines, start=1):
-        key = {"preset": preset, "seed": seed, "epochs": epochs}
         metrics = _baseline(root / "runs" / name, store, state, name, key,
-                            f"[3/3] baseline {i}/{len(baselines)}: {name}", progress)
+                            f"[3/4] baseline {i}/{len(baselines)}: {name}", progress)
         rows.append({"baseline": name, **metrics})
     _say(table(rows), True)
+    for line in comparisons(root / "runs", [r["baseline"] for r in rows]):
+        _say(line, True)
+    if maps:
+        found = _baseline(root / "runs" / MAPS_BASELINE, store, state, MAPS_BASELINE, key,
+                          f"[4/4] maps: {MAPS_BASELINE}", progress)
+        _say(map_summary(found, root / "runs" / MAPS_BASELINE), True)
     _say(f"done in {time.perf_counter() - started:.0f} s; notebooks, metrics and model cards "
          f"in {root / 'runs'}", True)
     atomic_write_text(root / "results.json", json.dumps(rows, indent=1, default=str) + "\n")
@@ -102,12 +125,12 @@ def _release_and_store(root: Path, state: _State, *, preset: str, seed: int,
     key = {"preset": preset, "seed": seed}
     changed = _changed(state, "release", key, progress)
     if changed or not (raw / "truth" / "parameters.json").exists():
-        _say(f"[1/3] writing a {preset} synthetic release to {raw}", progress)
+        _say(f"[1/4] writing a {preset} synthetic release to {raw}", progress)
         state.set("release", key)
         write_release(raw, preset=preset, seed=seed, overwrite=True, progress=progress)
     rebuild = _changed(state, "store", key, progress) or changed
     if rebuild or not (store / "manifest.json").exists() or (store / "_build").exists():
-        _say(f"[2/3] building the store {store}", progress)
+        _say(f"[2/4] building the store {store}", progress)
         state.set("store", key)
         build(raw, store, progress=progress, overwrite=rebuild and store.exists())
     return store
@@ -147,6 +170,45 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def comparisons(runs: Path, names: list[str], *, n: int = 1000,
+                seed: int = 0) -> list[str]:
+    """One line per pair of :data:`COMPARISONS` whose runs both wrote per-survey scores:
+    the difference of mean test samples-F1 with its paired 95% bootstrap interval, and
+    whether the interval allows a claim."""
+    from geoplant.experiment import PER_SURVEY_FILE
+    from geoplant.metrics import bootstrap_means
+
+    lines = []
+    for a, b in COMPARISONS:
+        files = [runs / name / PER_SURVEY_FILE for name in (a, b)]
+        if a not in names or b not in names or not all(f.is_file() for f in files):
+            continue
+        import pandas as pd
+
+        fa, fb = (pd.read_csv(f).set_index("surveyId")["f1"] for f in files)
+        common = fa.index.intersection(fb.index)
+        ci = bootstrap_means({"a": fa.loc[common], "b": fb.loc[common]},
+                             differences={"d": ("a", "b")}, n=n, seed=seed)["d"]
+        diff = float(fa.loc[common].mean() - fb.loc[common].mean())
+        verdict = (f"{a} is better" if ci[0] > 0 else f"{b} is better" if ci[1] < 0
+                   else "no difference the interval allows claiming")
+        lines.append(f"{a} - {b}: {diff:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}] samples-F1 over "
+                     f"{len(common)} test surveys (paired): {verdict}")
+    return lines
+
+
+def map_summary(metrics: dict[str, Any], folder: Path) -> str:
+    """The line saying how well the maps baseline's maps agree with the true maps."""
+    if "map_spearman_mean" not in metrics:
+        return f"maps written to {folder} (no true maps to compare with)"
+    lo, hi = metrics.get("map_spearman_mean_ci", (float("nan"), float("nan")))
+    return (f"maps ({metrics.get('model', 'model')}, {metrics.get('valid_cells', 0):,} cells) vs "
+            f"the true maps: Spearman {metrics['map_spearman_mean']:.3f} [{lo:.3f}, {hi:.3f}] "
+            f"(mean over {metrics.get('map_n_species', '?')} species, 95% CI), richness "
+            f"Pearson {metrics.get('map_richness_pearson', float('nan')):.3f}; "
+            f"{folder / 'maps'}")
+
+
 def _with_ci(value: float, ci: Any, fmt: str) -> str:
     """``0.4321 [0.4210, 0.4433]`` (the value alone when no interval was recorded)."""
     text = format(value, fmt)
@@ -163,12 +225,14 @@ def _say(text: str, show: bool) -> None:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``demo`` command's options."""
     parser.add_argument("--out", default="demo", help="work folder (default ./demo)")
-    parser.add_argument("--preset", default="tiny", choices=("tiny", "small"),
-                        help="synthetic world size (default tiny: ~10 min on 2 cores)")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=DEMO_PRESETS,
+                        help=f"synthetic world size (default {DEFAULT_PRESET})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--baselines", nargs="+", default=list(DEMO_BASELINES),
                         help="baselines to run (default: all)")
     parser.add_argument("--epochs", type=int, help="override every neural baseline's epochs")
+    parser.add_argument("--no-maps", action="store_true",
+                        help="skip the maps step (wall-to-wall maps scored on the true maps)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -177,5 +241,5 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise GeoplantError(f"--epochs must be >= 1, got {args.epochs}")
     demo(args.out, preset=args.preset, seed=args.seed, baselines=tuple(args.baselines),
-         epochs=args.epochs, progress=not args.quiet)
+         epochs=args.epochs, maps=not args.no_maps, progress=not args.quiet)
     return 0

@@ -50,7 +50,7 @@ class _Steps:
 def test_demo_remakes_steps_whose_parameters_changed(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     steps = _Steps(monkeypatch)
-    quiet = {"baselines": ("env-nn",), "progress": False}
+    quiet = {"baselines": ("env-nn",), "maps": False, "progress": False}
     demo(tmp_path, seed=0, **quiet)
     assert steps.take() == ["release", "build", "run env-nn"]
     demo(tmp_path, seed=0, **quiet)  # same parameters: everything reused
@@ -75,9 +75,47 @@ def test_demo_remakes_steps_whose_parameters_changed(tmp_path: Path,
 def test_demo_resumes_an_interrupted_step(tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     steps = _Steps(monkeypatch)
-    quiet = {"baselines": ("env-nn",), "progress": False}
+    quiet = {"baselines": ("env-nn",), "maps": False, "progress": False}
     demo(tmp_path, **quiet)
     steps.take()
     (tmp_path / "runs" / "env-nn" / "metrics.json").unlink()  # killed before it finished
     demo(tmp_path, **quiet)
     assert [(n, kw["fresh"]) for n, kw in steps.calls] == [("run env-nn", False)]
+
+
+def test_demo_compares_paired_runs_and_scores_the_maps(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    import numpy as np
+    import pandas as pd
+
+    steps = _Steps(monkeypatch)
+    rng = np.random.default_rng(0)
+    base = 0.1 + 0.8 * rng.random(400)
+    shift = {"mme-multimodal": 0.0, "mme-po-pretrained": 0.03, "env-nn": 0.0,
+             "po-env-maxent": 0.0}
+    inner = steps.run
+
+    def run(name: str, store: Path, target: Path, **kw: Any) -> dict[str, Any]:
+        metrics = inner(name, store, target, **kw)
+        if name == "maps":
+            metrics = {"model": "env-logistic", "valid_cells": 1234, "map_spearman_mean": 0.61,
+                       "map_spearman_mean_ci": [0.55, 0.66], "map_n_species": 40,
+                       "map_richness_pearson": 0.7}
+        else:  # the same surveys, one model better by 0.03 on each, one equal but noisier
+            f1 = np.clip(base + shift[name] + (rng.normal(0, 0.2, 400) if name == "po-env-maxent"
+                                               else 0), 0, 1)
+            pd.DataFrame({"surveyId": np.arange(400), "f1": f1}).to_csv(
+                target / "per_survey.csv", index=False)
+        return metrics
+
+    monkeypatch.setattr(geoplant.run, "run_baseline", run)
+    demo(tmp_path, baselines=tuple(shift), progress=False)
+    out = capsys.readouterr().out
+    assert "mme-po-pretrained - mme-multimodal: +0.0300" in out
+    assert "mme-po-pretrained is better" in out
+    assert "po-env-maxent - env-nn" in out and "no difference the interval allows" in out
+    assert "po-maxent-target" not in out  # pairs that did not run are not compared
+    assert "Spearman 0.610 [0.550, 0.660] (mean over 40 species" in out
+    assert [n for n, _ in steps.calls][-1] == "run maps"
