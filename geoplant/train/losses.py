@@ -7,6 +7,23 @@ margin ``clip`` discards very easy ones; it suits thousands of species with ~20 
 ``"soft_f1"``: ``1 - mean_i softF1_i`` with ``softF1 = 2 sum(p y) / (sum p + sum y)``, a
 differentiable surrogate of the samples-F1 itself (better used to fine-tune, or mixed:
 ``"bce+soft_f1"``).
+
+Presence-only (PO) losses, for batches of PO sites whose ``labels`` list the species recorded
+there (absences unknown):
+
+- ``"po_an"``: "assume negative" BCE (Cole et al. 2023, "full assume negative" when the
+  batches also hold background sites without records): every unrecorded species counts as
+  absent, and presences are up-weighted by ``pos_weight`` (lambda: one global value as in
+  Cole et al., or per species, e.g. :func:`pos_weight_from_labels` on the PO sites) to offset
+  the many assumed negatives. With lambda = 1 it is ``"bce"``.
+- ``"po_maxent"``: DeepMaxent's normalised Poisson loss (Estopinan et al. 2024): for each
+  species a softmax over the *sites of the batch* (which act as its target-group
+  background), the presences' log-share averaged with weight ``1 / n_s`` (``n_s``: the
+  species' presences in the batch; every species present counts equally);
+  ``"po_maxent_uniform"`` weights every presence equally instead. The logits are
+  log-intensities defined up to a per-species constant (the loss ignores one), so the
+  output needs an intercept calibration before its sigmoid reads as a probability
+  (:func:`geoplant.presence_only.calibrate_intercepts`).
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ from geoplant.errors import GeoplantError
 
 __all__ = [
     "AsymmetricLoss",
+    "DeepMaxentLoss",
     "LossFn",
     "LossName",
     "SoftF1Loss",
@@ -29,7 +47,11 @@ __all__ = [
     "pos_weight_from_labels",
 ]
 
-LossName = Literal["bce", "asl", "soft_f1", "bce+soft_f1"]
+LossName = Literal["bce", "asl", "soft_f1", "bce+soft_f1", "po_an", "po_maxent",
+                   "po_maxent_uniform"]
+
+#: Species weightings of :class:`DeepMaxentLoss`.
+MAXENT_WEIGHTINGS = ("inverse", "uniform")
 
 #: What :func:`make_loss` returns: a module or a plain callable ``(logits, targets) -> loss``.
 LossFn = nn.Module | Callable[[Tensor, Tensor], Tensor]
@@ -118,6 +140,42 @@ class SoftF1Loss(nn.Module):
         return 1 - f1.mean()
 
 
+class DeepMaxentLoss(nn.Module):
+    """DeepMaxent's normalised Poisson loss: per species, a softmax over the batch's sites.
+
+    With ``eta`` the logits (log-intensities) and ``y`` the presences ``(B, S)``::
+
+        l_s = -sum_i y_is * log_softmax_i(eta_is)      (softmax over the sites i, dim 0)
+        "inverse": L = mean over species present in the batch of l_s / n_s
+        "uniform": L = sum_s l_s / sum_s n_s           (every presence equal)
+
+    ``n_s = sum_i y_is``. Adding a constant to one species' logits changes nothing; a batch
+    without any presence gives 0.
+
+    Parameters
+    ----------
+    weighting
+        ``"inverse"`` (default, DeepMaxent's ``1 / n_s``) or ``"uniform"``.
+    """
+
+    def __init__(self, weighting: str = "inverse") -> None:
+        super().__init__()
+        if weighting not in MAXENT_WEIGHTINGS:
+            raise GeoplantError(f"unknown DeepMaxent weighting {weighting!r}",
+                                fix=f"use one of {MAXENT_WEIGHTINGS}")
+        self.weighting = weighting
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The batch loss (a scalar)."""
+        logits, targets = logits.float(), targets.float()
+        per_species = -(targets * torch.log_softmax(logits, dim=0)).sum(0)
+        n = targets.sum(0)
+        if self.weighting == "uniform":
+            return per_species.sum() / n.sum().clamp(min=1)
+        present = n > 0
+        return (per_species[present] / n[present]).sum() / present.sum().clamp(min=1)
+
+
 class _BCE(nn.Module):
     """Mean binary cross-entropy on logits; ``pos_weight`` is a buffer so ``.to()`` moves it."""
 
@@ -154,10 +212,12 @@ def make_loss(name: str | nn.Module | Callable[[Tensor, Tensor], Tensor], *,
     Parameters
     ----------
     name
-        ``"bce"``, ``"asl"``, ``"soft_f1"`` or ``"bce+soft_f1"``; a module or callable is
+        ``"bce"``, ``"asl"``, ``"soft_f1"``, ``"bce+soft_f1"``, or for presence-only sites
+        ``"po_an"``, ``"po_maxent"``, ``"po_maxent_uniform"``; a module or callable is
         returned unchanged.
     pos_weight
-        Scalar, per-species array or tensor; applies to BCE (also inside ``"bce+soft_f1"``).
+        Scalar, per-species array or tensor; applies to BCE (also inside ``"bce+soft_f1"``)
+        and is the presences' lambda of ``"po_an"`` (None: 1).
     asl
         :class:`AsymmetricLoss` keyword arguments.
     soft_f1_weight
@@ -184,5 +244,12 @@ def make_loss(name: str | nn.Module | Callable[[Tensor, Tensor], Tensor], *,
         return SoftF1Loss()
     if name == "bce+soft_f1":
         return _WeightedLossSum(_BCE(pw), SoftF1Loss(), weights=(1.0, float(soft_f1_weight)))
+    if name == "po_an":  # BCE with lambda on the presences *is* assume-negative
+        return _BCE(pw)
+    if name == "po_maxent":
+        return DeepMaxentLoss("inverse")
+    if name == "po_maxent_uniform":
+        return DeepMaxentLoss("uniform")
     raise GeoplantError(f"unknown loss {name!r}",
-                        fix='use "bce", "asl", "soft_f1", "bce+soft_f1" or a callable')
+                        fix='use "bce", "asl", "soft_f1", "bce+soft_f1", "po_an", '
+                            '"po_maxent", "po_maxent_uniform" or a callable')
