@@ -262,23 +262,85 @@ class MaxentPO:
         x = np.vstack([presences, background])
         y = np.r_[np.ones(len(presences)), np.zeros(len(background))]
         model.fit(x, y, categorical=categorical or None)
+        _ignore_unknown_categories(model)
         return model
 
     # -- prediction ---------------------------------------------------------------------------
-    def predict_proba(self, X: Any) -> np.ndarray:
+    def predict_proba(self, X: Any, columns: slice | None = None) -> np.ndarray:
         """MaxEnt cloglog outputs ``(n, n_species)`` (float32); PO frequency for the species
-        not fitted. ``X`` holds the env columns in :attr:`feature_names_` order."""
+        not fitted. ``X`` holds the env columns in :attr:`feature_names_` order.
+
+        ``columns`` (a slice of species columns) predicts only those: ``(n, len(columns))``
+        (bounded memory when mapping thousands of species).
+        """
         if not hasattr(self, "models_"):
             raise GeoplantError("MaxentPO is not fitted", fix="call fit_store(store) first")
         X = _as_2d(X, "X")
         if X.shape[1] != len(self.fill_):
             raise GeoplantError(f"X has {X.shape[1]} features, the model was fitted on "
                                 f"{len(self.fill_)}")
+        wanted = np.arange(len(self.prior_))[columns if columns is not None else slice(None)]
         Xf = self._impute(X)
-        out = np.tile(self.prior_.astype(np.float32), (len(X), 1))
-        for col, model in self.models_.items():
-            out[:, col] = np.asarray(model.predict(Xf), dtype=np.float32).ravel()
+        out = np.tile(self.prior_[wanted].astype(np.float32), (len(X), 1))
+        for j, col in enumerate(wanted):
+            model = self.models_.get(int(col))
+            if model is not None:
+                out[:, j] = np.asarray(model.predict(Xf), dtype=np.float32).ravel()
         return out
+
+    # -- persistence (no pickle) -----------------------------------------------------------
+    def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON settings and the fitted arrays that :meth:`from_arrays` rebuilds from.
+
+        Per fitted species: the MaxEnt coefficients (``beta_scores_``), ``alpha_`` and
+        ``entropy_``, and the feature transformer's fitted ranges, knots and categories:
+        what elapid's ``MaxentModel.predict`` reads. Arrays are keyed ``maxent.<column>.<name>``.
+
+        Raises
+        ------
+        GeoplantError
+            The model is not fitted.
+        """
+        if not hasattr(self, "models_"):
+            raise GeoplantError("MaxentPO is not fitted", fix="call fit_store(store) first")
+        settings: dict[str, Any] = {
+            "background": self.background, "n_background": self.n_background,
+            "min_records": self.min_records, "max_species": self.max_species,
+            "feature_types": self.feature_types, "beta_multiplier": self.beta_multiplier,
+            "n_hinge_features": self.n_hinge_features, "categorical": self.categorical,
+            "seed": self.seed}
+        arrays: dict[str, np.ndarray] = {
+            "maxent.fill_": self.fill_, "maxent.prior_": np.asarray(self.prior_, np.float64),
+            "maxent.fitted_species_": np.asarray(self.fitted_species_, np.int64),
+            "maxent.n_species_": np.array(self.n_species_, np.int64)}
+        state: dict[str, Any] = {"feature_names": self.feature_names_}
+        for col, model in self.models_.items():
+            arrays.update(_maxent_arrays(model, f"maxent.{col}."))
+            state.setdefault("models", _maxent_settings(model))
+        return {"settings": settings, **state}, arrays
+
+    @classmethod
+    def from_arrays(cls, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> MaxentPO:
+        """The model :meth:`to_arrays` described (it predicts exactly what the fitted one did).
+
+        Raises
+        ------
+        GeoplantError
+            Arrays missing (damaged or hand-edited files).
+        """
+        try:
+            model = cls(**doc["settings"])
+            model.feature_names_ = [str(n) for n in doc["feature_names"]]
+            model.fill_ = np.asarray(arrays["maxent.fill_"], np.float64)
+            model.prior_ = np.asarray(arrays["maxent.prior_"], np.float64)
+            model.fitted_species_ = np.asarray(arrays["maxent.fitted_species_"], np.int64)
+            model.n_species_ = int(arrays["maxent.n_species_"])
+            model.models_ = {int(col): _maxent_model(doc["models"], arrays, f"maxent.{col}.")
+                            for col in model.fitted_species_}
+        except KeyError as err:
+            raise GeoplantError(f"saved MaxentPO lacks {err}", fix="save the model again") \
+                from None
+        return model
 
 
 def _as_2d(X: Any, name: str) -> np.ndarray:
@@ -286,3 +348,114 @@ def _as_2d(X: Any, name: str) -> np.ndarray:
     if arr.ndim != 2:
         raise GeoplantError(f"{name} must be 2-d (n, n_features), got shape {arr.shape}")
     return arr
+
+
+# -- elapid models as arrays --------------------------------------------------------------
+#: Transformer parts whose state is one MinMaxScaler (itself, or its ``estimator``).
+_SCALED: Final = ("linear", "quadratic", "product")
+
+
+def _ignore_unknown_categories(model: Any) -> None:
+    """A category the fit never saw (a land-cover class absent from presences and
+    background) gets an all-zero one-hot instead of an error: maps meet such cells."""
+    cat = model.transformer.estimators_.get("categorical")
+    for encoder in getattr(cat, "estimators_", None) or []:
+        encoder.handle_unknown = "ignore"
+
+
+def _scaler(transformer: Any, part: str) -> Any:
+    est = transformer.estimators_[part]
+    return est if part == "linear" else est.estimator
+
+
+def _maxent_settings(model: Any) -> dict[str, Any]:
+    """What every species' elapid model shares (this class fits them all alike)."""
+    t = model.transformer
+    return {"transform": model.transform, "tau": float(model.tau),
+            "feature_types": list(t.feature_types), "clamp": bool(t.clamp),
+            "n_hinge_features": int(t.n_hinge_features),
+            "n_threshold_features": int(t.n_threshold_features),
+            "categorical_": None if t.categorical_ is None else [int(i) for i in t.categorical_],
+            "continuous_": [int(i) for i in t.continuous_]}
+
+
+def _maxent_arrays(model: Any, prefix: str) -> dict[str, np.ndarray]:
+    t = model.transformer
+    out = {f"{prefix}beta": np.asarray(model.beta_scores_, np.float64),
+           f"{prefix}alpha": np.array(model.alpha_, np.float64),
+           f"{prefix}entropy": np.array(model.entropy_, np.float64)}
+    for part in _SCALED:
+        if t.estimators_.get(part) is not None:
+            scaler = _scaler(t, part)
+            out[f"{prefix}{part}.min"] = scaler.data_min_
+            out[f"{prefix}{part}.max"] = scaler.data_max_
+    if t.estimators_.get("threshold") is not None:
+        out[f"{prefix}threshold.indices"] = t.estimators_["threshold"].threshold_indices_
+    if t.estimators_.get("hinge") is not None:
+        hinge = t.estimators_["hinge"]
+        out |= {f"{prefix}hinge.mins": hinge.mins_, f"{prefix}hinge.maxs": hinge.maxs_,
+                f"{prefix}hinge.indices": hinge.hinge_indices_}
+    if t.estimators_.get("categorical") is not None:
+        for j, encoder in enumerate(t.estimators_["categorical"].estimators_):
+            out[f"{prefix}categorical.{j}"] = np.asarray(encoder.categories_[0])
+    return out
+
+
+def _maxent_model(shared: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str) -> Any:
+    """An elapid ``MaxentModel`` ready to ``predict``: its transformer rebuilt with elapid's
+    own classes, fitted state set from the arrays (the fit-time solver is not kept)."""
+    from elapid import MaxentModel
+    from elapid.features import (
+        CategoricalTransformer,
+        HingeTransformer,
+        LinearTransformer,
+        MaxentFeatureTransformer,
+        ProductTransformer,
+        QuadraticTransformer,
+        ThresholdTransformer,
+    )
+    from sklearn.preprocessing import MinMaxScaler, OneHotEncoder
+
+    t = MaxentFeatureTransformer(feature_types=shared["feature_types"], clamp=shared["clamp"],
+                                 n_hinge_features=shared["n_hinge_features"],
+                                 n_threshold_features=shared["n_threshold_features"])
+    t.categorical_, t.continuous_ = shared["categorical_"], shared["continuous_"]
+    parts = {"linear": LinearTransformer, "quadratic": QuadraticTransformer,
+             "product": ProductTransformer}
+    for part, kind in parts.items():
+        if f"{prefix}{part}.min" not in arrays:
+            continue
+        # fitting a scaler on (min, max) gives exactly the fitted scale_ and min_
+        bounds = np.vstack([arrays[f"{prefix}{part}.min"], arrays[f"{prefix}{part}.max"]])
+        est = kind(clamp=t.clamp)
+        if part == "linear":
+            est.fit(bounds)
+        else:
+            est.estimator = MinMaxScaler(clip=t.clamp, feature_range=est.feature_range) \
+                .fit(bounds)
+        t.estimators_[part] = est
+    if f"{prefix}threshold.indices" in arrays:
+        thr = ThresholdTransformer(n_thresholds=t.n_threshold_features)
+        thr.threshold_indices_ = arrays[f"{prefix}threshold.indices"]
+        thr.mins_, thr.maxs_ = thr.threshold_indices_[0], thr.threshold_indices_[-1]
+        t.estimators_["threshold"] = thr
+    if f"{prefix}hinge.indices" in arrays:
+        hinge = HingeTransformer(n_hinges=t.n_hinge_features)
+        hinge.mins_, hinge.maxs_ = arrays[f"{prefix}hinge.mins"], arrays[f"{prefix}hinge.maxs"]
+        hinge.hinge_indices_ = arrays[f"{prefix}hinge.indices"]
+        t.estimators_["hinge"] = hinge
+    if t.categorical_:
+        cat = CategoricalTransformer()
+        cat.estimators_ = [OneHotEncoder(dtype=np.uint8, sparse_output=False,
+                                         handle_unknown="ignore")
+                           .fit(np.asarray(arrays[f"{prefix}categorical.{j}"]).reshape(-1, 1))
+                           for j in range(len(t.categorical_))]
+        t.estimators_["categorical"] = cat
+    model = MaxentModel(feature_types=shared["feature_types"], tau=shared["tau"],
+                        transform=shared["transform"], clamp=shared["clamp"])
+    model.transformer = t
+    model.beta_scores_ = arrays[f"{prefix}beta"]
+    model.alpha_ = float(arrays[f"{prefix}alpha"])
+    model.entropy_ = float(arrays[f"{prefix}entropy"])
+    model.initialized_ = True
+    return model
