@@ -522,12 +522,14 @@ def load_pretrained(model: Any, path: str | os.PathLike[str], *, head: bool = Tr
     GeoplantError
         The file is unreadable, or no encoder matches.
     """
+    import pickle
+
     import torch
 
     try:
         saved = torch.load(Path(path), map_location="cpu", weights_only=True)
         source, mods, dims = saved["state_dict"], saved["modalities"], saved["embed_dims"]
-    except (OSError, KeyError, RuntimeError, EOFError) as err:
+    except (OSError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise GeoplantError(f"not a pretrained-weights file ({err})", path=path,
                             fix="write one with geoplant.presence_only.save_pretrained") from None
     target = model.state_dict()
@@ -540,6 +542,8 @@ def load_pretrained(model: Any, path: str | os.PathLike[str], *, head: bool = Tr
                 k in target and target[k].shape == source[k].shape for k in keys):
             update.update({k: source[k] for k in keys})
             copied.append(m)
+    for m in copied:  # reported by geoplant.experiment.weights_sources
+        model.encoders[m].weights_source = f"pretrained:{Path(path).name}"
     if not copied:
         raise GeoplantError(f"no encoder of {mods} fits the model's {list(model.modalities)}",
                             path=path, fix="pre-train the modalities the model uses")
