@@ -177,12 +177,14 @@ def _chunk_groups(darr: Any, iy: np.ndarray, ix: np.ndarray
 
 
 def _extract_block(rasters: Mapping[str, xr.DataArray], names: Sequence[str],
-                   lon: np.ndarray, lat: np.ndarray) -> dict[str, Any]:
+                   lon: np.ndarray, lat: np.ndarray,
+                   scheduler: str | None = None) -> dict[str, Any]:
     """Values of ``names`` at one block of points: ``{name: (dims, array)}`` + ``inside``.
 
     The vectorised nearest-cell selection, done chunk by chunk: each raster chunk holding
     points is read once (lazily, by dask, in parallel) and indexed with NumPy, far cheaper
-    than a dask ``vindex`` over hundreds of thousands of points.
+    than a dask ``vindex`` over hundreds of thousands of points. ``scheduler`` is dask's
+    (None: its default; ``"synchronous"`` inside a task that already runs on a pool).
     """
     import dask
 
@@ -217,7 +219,7 @@ def _extract_block(rasters: Mapping[str, xr.DataArray], names: Sequence[str],
             tasks.append(dask.delayed(_gather)(block, iy[inside][members] - y0,
                                                ix[inside][members] - x0))
             plan.append((name, pos[members]))
-    results = dask.compute(*tasks) if tasks else ()
+    results = dask.compute(*tasks, scheduler=scheduler) if tasks else ()
     out: dict[str, Any] = {}
     values: dict[str, np.ndarray] = {}
     for name in names:
@@ -256,12 +258,13 @@ def _dataset(block: dict[str, Any], coords: dict[str, Any]) -> xr.Dataset:
 
 
 def iter_extract(rasters: Mapping[str, xr.DataArray], lon: Any, lat: Any,
-                 variables: Sequence[str] | None = None, *, block: int = DEFAULT_BLOCK
-                 ) -> Iterator[tuple[slice, xr.Dataset]]:
+                 variables: Sequence[str] | None = None, *, block: int = DEFAULT_BLOCK,
+                 scheduler: str | None = None) -> Iterator[tuple[slice, xr.Dataset]]:
     """Extract block by block: yields ``(slice of the points, Dataset of that block)``.
 
     Memory stays flat whatever the number of points (one block at a time); see
-    :func:`extract_rasters` for the Dataset's content.
+    :func:`extract_rasters` for the Dataset's content. ``scheduler``: the dask scheduler
+    reading the raster chunks (None: dask's default).
     """
     x, y = _as_points(lon, lat)
     names = resolve_variables(variables, list(rasters))
@@ -271,7 +274,7 @@ def iter_extract(rasters: Mapping[str, xr.DataArray], lon: Any, lat: Any,
     for start in range(0, len(x), block):
         sl = slice(start, min(start + block, len(x)))
         coords = {"lon": ("point", x[sl]), "lat": ("point", y[sl]), **bands}
-        yield sl, _dataset(_extract_block(rasters, names, x[sl], y[sl]), coords)
+        yield sl, _dataset(_extract_block(rasters, names, x[sl], y[sl], scheduler), coords)
 
 
 def extract_rasters(rasters: Mapping[str, xr.DataArray], lon: Any, lat: Any,
@@ -319,7 +322,8 @@ def extract_rasters(rasters: Mapping[str, xr.DataArray], lon: Any, lat: Any,
 
 
 def point_features(rasters: Mapping[str, xr.DataArray], lon: Any, lat: Any,
-                   columns: Sequence[str], *, block: int = DEFAULT_BLOCK) -> np.ndarray:
+                   columns: Sequence[str], *, block: int = DEFAULT_BLOCK,
+                   scheduler: str | None = None) -> np.ndarray:
     """Feature matrix ``(n_points, len(columns))`` in a model's column order.
 
     Parameters
@@ -331,6 +335,11 @@ def point_features(rasters: Mapping[str, xr.DataArray], lon: Any, lat: Any,
     columns
         Env-cube column names (``Bio1``, ``LandCover``...) and/or ``lon``/``lat``, e.g. the
         ``feature_names`` of a saved model (:func:`geoplant.models.persist.env_feature_names`).
+    block
+        Points per block (bounded temporaries).
+    scheduler
+        The dask scheduler reading the raster chunks (None: dask's default;
+        ``"synchronous"`` inside a task already running on a pool, as the build does).
 
     Returns
     -------
@@ -341,7 +350,7 @@ def point_features(rasters: Mapping[str, xr.DataArray], lon: Any, lat: Any,
     sources = raster_columns(columns, list(rasters))
     names = list(dict.fromkeys(s[0] for s in sources if s[1] is not None))
     X = np.empty((len(x), len(columns)), dtype=np.float64)
-    for sl, ds in iter_extract(rasters, x, y, names, block=block):
+    for sl, ds in iter_extract(rasters, x, y, names, block=block, scheduler=scheduler):
         for j, (name, band) in enumerate(sources):
             if band is None:
                 X[sl, j] = x[sl] if name == "lon" else y[sl]

@@ -116,7 +116,9 @@ class Store:
     def modalities(self, split: str) -> list[str]:
         """Modalities stored in a split's cube, e.g. ``["sentinel2", "landsat", ...]``.
 
-        Empty for a split without a cube (``po_train``) or unknown to the store.
+        Empty for a split without a cube or unknown to the store. ``po_train`` has a cube
+        (``["env"]``) only where the build found PO env values (see the manifest's
+        ``po_env_source``).
         """
         return list(self.manifest.get("modalities", {}).get(split, []))
 
@@ -135,8 +137,14 @@ class Store:
                                 filesystem=self._fs)
         return "speciesId" in schema.names
 
+    def has_cube(self, split: str) -> bool:
+        """Whether the split has a cube: every PA split; ``po_train`` only with PO env values
+        (from the release's PO tables or sampled from the rasters at build time)."""
+        return split in self.splits and (split != "po_train"
+                                         or split in self.manifest.get("modalities", {}))
+
     def _check_split(self, split: str, *, cube: bool = False) -> None:
-        valid = [s for s in self.splits if not (cube and s == "po_train")]
+        valid = [s for s in self.splits if not cube or self.has_cube(s)]
         if split not in valid:
             raise GeoplantError(f"no split {split!r} in this store", path=self.path,
                                 fix=f"use one of: {', '.join(valid)}")
@@ -239,12 +247,12 @@ class Store:
         Raises
         ------
         GeoplantError
-            If the split has no cube (``po_train``) or is not in the store.
+            If the split has no cube (``po_train`` without PO env) or is not in the store.
         """
         import zarr
 
-        if split not in self.splits or split == "po_train":
-            valid = [s for s in self.splits if s != "po_train"]
+        if not self.has_cube(split):
+            valid = [s for s in self.splits if self.has_cube(s)]
             raise GeoplantError(f"no cube for split {split!r}", path=self.path,
                                 fix=f"use one of: {', '.join(valid)}")
         # zarr refuses storage_options for local paths: pass them only when set
@@ -253,16 +261,8 @@ class Store:
 
     def rasters(self) -> dict[str, xr.DataArray]:
         """Environmental rasters (lazy ``xarray.DataArray`` each, CRS set via rioxarray)."""
-        import rioxarray  # noqa: F401  (registers .rio)
-        import xarray as xr
-
-        out: dict[str, xr.DataArray] = {}
-        for name in self.manifest.get("rasters", []):
-            ds = xr.open_zarr(self._url("rasters.zarr"), group=name, consolidated=False,
-                              decode_coords="all",
-                              storage_options=self.storage_options or None)
-            out[name] = ds[name]
-        return out
+        return open_rasters(self._url("rasters.zarr"), self.manifest.get("rasters", []),
+                            self.storage_options)
 
     @cached_property
     def _rasters_cached(self) -> dict[str, xr.DataArray]:
@@ -322,6 +322,34 @@ class Store:
             "rasters": len(m.get("rasters", [])),
             "bytes": int(sum(self._fs.du(self._root, total=False).values())),
         }
+
+
+def open_rasters(url: str, names: Sequence[str],
+                 storage_options: dict[str, Any] | None = None) -> dict[str, xr.DataArray]:
+    """Rasters of a ``rasters.zarr`` (one group per raster), each a lazy ``DataArray`` with
+    its CRS (rioxarray).
+
+    What :meth:`Store.rasters` returns; the build opens the rasters it wrote with it before
+    the store has a manifest.
+
+    Parameters
+    ----------
+    url
+        The ``rasters.zarr`` folder or fsspec URL.
+    names
+        The rasters (groups) to open, in the order returned.
+    storage_options
+        Passed to fsspec for remote stores.
+    """
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    out: dict[str, xr.DataArray] = {}
+    for name in names:
+        ds = xr.open_zarr(url, group=name, consolidated=False, decode_coords="all",
+                          storage_options=storage_options or None)
+        out[name] = ds[name]
+    return out
 
 
 def cube_array(group: zarr.Group, name: str) -> zarr.Array:

@@ -19,6 +19,7 @@ import pytest
 
 from geoplant import layouts
 from geoplant.builder import LOCK_NAME, build
+from geoplant.builder.spec import PO_ENV_BLOCKS
 from geoplant.raw import RawRelease
 from geoplant.store import open_store
 
@@ -86,6 +87,14 @@ build(**json.loads(sys.argv[4]))
 """
 
 
+def n_blocks(raw_root: Path, block_surveys: int) -> int:
+    """How many blocks a build of every split writes: the PA cubes' and the PO env's (sampled
+    from the rasters in tasks of ``PO_ENV_BLOCKS`` blocks)."""
+    raw = RawRelease(raw_root)
+    pa = sum(-(-len(raw.survey_ids(s)) // block_surveys) for s in raw.splits if s != "po_train")
+    return pa + -(-len(raw.survey_ids("po_train")) // (block_surveys * PO_ENV_BLOCKS))
+
+
 def run_hooked(where: str, nth: int, action: str, *args: str, wait: bool = True,
                env: dict[str, str] | None = None) -> Any:
     """Run :data:`HOOKED_BUILD`; the CompletedProcess (or the Popen when not ``wait``)."""
@@ -110,6 +119,13 @@ def test_store_values_equal_the_raw_files(request: pytest.FixtureRequest, layout
         pd.testing.assert_frame_equal(records.reset_index(drop=True),
                                       source.reset_index(drop=True), check_categorical=False)
         if split == "po_train":
+            if layout == "geoplant":  # PO env tables: the PO cube holds their values
+                po = store.cube(split)
+                assert store.manifest["po_env_source"] == "tables"
+                table = raw.read_env("soilgrids", split).set_index("surveyId")
+                np.testing.assert_array_equal(
+                    po["env"].sel(env_variable=list(table.columns)).values,
+                    table.reindex(po["surveyId"].values).to_numpy(np.float32))
             continue
         cube = store.cube(split)
         ids = raw.survey_ids(split)
@@ -205,7 +221,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_build(glc24_tiny: Path, glc
     assert finished and not (out / "manifest.json").exists()  # killed mid-way
     summary = build(glc24_tiny, out, progress=False, workers=1, block_surveys=64)
     assert summary.blocks_resumed >= len(finished)
-    assert summary.blocks_done + summary.blocks_resumed == 15 + 1  # 950/64 + 50/64 blocks
+    assert summary.blocks_done + summary.blocks_resumed == n_blocks(glc24_tiny, 64)
     reference = tmp_path / "reference"
     build(glc24_tiny, reference, progress=False, block_surveys=64)
     assert tree_digest(out, "cubes", "records", "rasters.zarr") == \
@@ -224,6 +240,8 @@ KILL_POINTS = [
     ("sentinel2/c/", 30, "kill-before"),  # inside a block
     ("rasters.zarr", 40, "kill-after"),  # inside a raster
     ("_build/rasters/", 12, "kill-before"),  # a raster written, not marked
+    ("po_train.zarr/env/c/", 1, "kill-after"),  # inside the PO env sampled from the rasters
+    ("_build/po_train/block-", 1, "kill-before"),  # PO env written, not marked
     ("manifest.json", 1, "kill-after"),  # manifest written, statistics not
     ("._build.tmp-", 1, "kill-before"),  # everything written, _build not yet removed
 ]
@@ -239,7 +257,7 @@ def test_resume_after_kills_at_many_points_equals_an_uninterrupted_build(
         assert killed.returncode == 137, (where, killed.stderr[-2000:])
         assert (out / "_build").exists() and LOCK_NAME in os.listdir(out)  # a stale lock
     summary = build(glc24_tiny, out, progress=False, workers=1, block_surveys=256)
-    assert summary.blocks_resumed == 5  # 950/256 + 50/256 blocks, all done before
+    assert summary.blocks_resumed == n_blocks(glc24_tiny, 256)  # all done before
     assert store_digest(out) == store_digest(glc24_store)  # no leftover temporary either
 
 

@@ -1,5 +1,5 @@
 """`build`: check the request and ``--out``, lock the store, then write it phase by phase
-(records, cubes, rasters, sources, species table and manifest, statistics) and mark it
+(records, cubes, rasters, PO env, sources, species table and manifest, statistics) and mark it
 complete. Each phase lives in its own module of :mod:`geoplant.builder`."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from geoplant.builder.manifest import (
     write_statistics,
 )
 from geoplant.builder.output import check_out, clear_out, finish, prepare_store
+from geoplant.builder.po_env import PoEnvPlan, plan_po_env, po_env_from_tables
 from geoplant.builder.rasters import write_rasters
 from geoplant.builder.records import Records, build_records
 from geoplant.builder.skips import Skips
@@ -48,7 +49,8 @@ class BuildSummary:
     blocks_done: int
     blocks_resumed: int
     seconds: float
-    #: Wall time per phase: records, cubes (the per-survey blocks), rasters, sources, stats.
+    #: Wall time per phase: records, cubes (the per-survey blocks), rasters, po_env (the PO
+    #: env sampled from the rasters), sources, stats.
     phase_seconds: dict[str, float] = field(default_factory=dict)
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
 
@@ -166,9 +168,11 @@ def _build_locked(raw: Any, store: Path, request: _Request, skips: Skips,
                   started: float) -> BuildSummary:
     """Every phase of :func:`build`, once the store is locked and prepared."""
     records = build_records(raw, store, request.splits, skips, request.progress)
-    # PO records have no per-survey data: cubes are for the PA splits
+    # PO records have no per-survey files: a PO cube only holds env, from the PO env tables
+    # (read here like the PA ones) or sampled from the rasters (the po_env phase)
+    po_tables = po_env_from_tables(raw, request.splits, request.modalities)
     cube_modalities = {s: split_modalities(raw, s, request.modalities)
-                       for s in request.splits if s != "po_train"}
+                       for s in request.splits if s != "po_train" or po_tables}
     tasks, resumed = plan_cubes(raw, store, cube_modalities, records.survey_ids, skips,
                                 request.block_surveys)
     phases = {"records": time.perf_counter() - started}  # planning the cubes counts here
@@ -179,29 +183,47 @@ def _build_locked(raw: Any, store: Path, request: _Request, skips: Skips,
     with _timed(phases, "rasters"):
         raster_names = write_rasters(raw, store / "rasters.zarr", request.progress, skips) \
             if request.rasters else []
+    with _timed(phases, "po_env"):
+        po_env = _po_env(raw, store, request, records, raster_names, skips)
+    if po_env.source == "rasters":  # in split order, like the others
+        cube_modalities = {s: cube_modalities.get(s, ["env"]) for s in request.splits
+                           if s in cube_modalities or s == "po_train"}
+    po_source = "tables" if po_tables else po_env.source
     with _timed(phases, "sources"):
         sources = source_entries(raw, request.splits, list(request.modalities or MODALITIES))
     counts, manifest = _describe(raw, store, request, records, cube_modalities, raster_names,
-                                 sources, skips)
+                                 sources, skips, po_source)
     if request.with_stats:
         with _timed(phases, "stats"):
             write_statistics(store)
     finish(store)  # last: the store is complete
-    return BuildSummary(store, counts, skips.items, len(tasks), resumed,
+    return BuildSummary(store, counts, skips.items, len(tasks) + len(po_env.tasks),
+                        resumed + po_env.resumed,
                         time.perf_counter() - started, {k: round(v, 2) for k, v in phases.items()},
                         manifest)
 
 
+def _po_env(raw: Any, store: Path, request: _Request, records: Records,
+            raster_names: list[str], skips: Skips) -> PoEnvPlan:
+    """The PO env phase: sample the rasters at the PO surveys (when the release has no PO
+    env tables); what it planned, once its tasks have run."""
+    plan = plan_po_env(raw, store, request.splits, request.modalities, records.survey_ids,
+                       raster_names, skips, request.block_surveys)
+    run_tasks(plan.tasks, request.scheduler, request.workers, "po_train env blocks",
+              request.progress)
+    return plan
+
+
 def _describe(raw: Any, store: Path, request: _Request, records: Records,
               cube_modalities: dict[str, list[str]], raster_names: list[str],
-              sources: list[dict[str, Any]],
-              skips: Skips) -> tuple[dict[str, int], dict[str, Any]]:
+              sources: list[dict[str, Any]], skips: Skips,
+              po_env_source: str | None) -> tuple[dict[str, int], dict[str, Any]]:
     """Write the species table and the manifest; return the store's counts and manifest."""
     species = write_species(store, records.species_counts)
     counts = {**records.counts, "species": len(species), "rasters": len(raster_names)}
     manifest = make_manifest(raw.layout, str(Path(raw.root).absolute()), request.splits,
                              cube_modalities, request.block_surveys, counts, skips.items,
-                             raster_names, sources, request.with_stats)
+                             raster_names, sources, request.with_stats, po_env_source)
     write_manifest(store, manifest)
     return counts, manifest
 

@@ -31,7 +31,7 @@ from geoplant.errors import GeoplantError
 from geoplant.files import atomic_write_bytes, atomic_write_text
 from geoplant.store import cube_array
 
-__all__ = ["add_block_skips", "plan_cubes"]
+__all__ = ["add_block_skips", "ensure_template", "plan_cubes", "write_env"]
 
 #: The reader of :class:`geoplant.raw.RawRelease` for each modality read from per-survey files.
 _READERS: Final = {"sentinel2": "read_s2_jpegs", "sentinel2_tiff": "read_s2_tiffs",
@@ -100,8 +100,8 @@ def _plan_cube_blocks(raw: Any, store: Path, split: str, modalities: Sequence[st
     env_columns: list[str] = []
     if "env" in modalities:
         env_values, env_columns = _env_table(raw, split, survey_ids, skips)
-    cube_path = _ensure_template(store, split, survey_ids, modalities, env_columns,
-                                 block_surveys)
+    cube_path = ensure_template(store, split, survey_ids, modalities, env_columns,
+                                block_surveys)
     done_dir = store / "_build" / split
     done_dir.mkdir(exist_ok=True)
     tasks: list[Any] = []
@@ -142,18 +142,20 @@ def _env_table(raw: Any, split: str, survey_ids: np.ndarray,
 # the template: a split's empty cube
 
 
-def _ensure_template(store: Path, split: str, survey_ids: np.ndarray,
-                     modalities: Sequence[str], env_columns: list[str],
-                     block_surveys: int) -> Path:
+def ensure_template(store: Path, split: str, survey_ids: np.ndarray,
+                    modalities: Sequence[str], env_columns: list[str],
+                    block_surveys: int, variant: str = "") -> Path:
     """Write a split's empty cube unless a complete one for the same surveys is there.
 
     The template is marked complete (``_build/cube-<split>.json``) only after it is fully
     written, so a build killed while writing it rewrites it on the next run; so does one whose
     records changed (a repaired table), and then every block of the split is redone.
+    ``variant`` names what else the blocks are made from (the PO env sampled from which
+    rasters): a template of another variant is rebuilt too.
     """
     cube_path = store / "cubes" / f"{split}.zarr"
     marker = store / "_build" / f"cube-{split}.json"
-    key = _template_key(survey_ids, modalities, env_columns, block_surveys)
+    key = _template_key(survey_ids, modalities, env_columns, block_surveys, variant)
     done = read_json_dict(marker) if marker.exists() else None
     if done is not None and done.get("template") == key and (cube_path / "zarr.json").exists():
         return cube_path
@@ -167,10 +169,12 @@ def _ensure_template(store: Path, split: str, survey_ids: np.ndarray,
 
 
 def _template_key(survey_ids: np.ndarray, modalities: Sequence[str], env_columns: list[str],
-                  block_surveys: int) -> str:
+                  block_surveys: int, variant: str = "") -> str:
     """A digest of what a cube template is made from (its surveys, arrays and blocks)."""
     digest = hashlib.sha256(np.ascontiguousarray(survey_ids, dtype=np.int64).tobytes())
-    digest.update(json.dumps([list(modalities), env_columns, block_surveys]).encode())
+    # the PA cubes' keys stay those of earlier builds (no variant): their markers resume
+    extra = [variant] if variant else []
+    digest.update(json.dumps([list(modalities), env_columns, block_surveys, *extra]).encode())
     return digest.hexdigest()
 
 
@@ -240,7 +244,7 @@ def _block_task(raw: Any, cube_path: str, split: str, start: int, survey_ids: np
     for name in modalities:
         if name == "env":
             assert env_values is not None
-            complete &= _write_env(group, region, env_values)
+            complete &= write_env(group, region, env_values)
         else:
             skipped += _write_modality(raw, group, region, name, split, survey_ids, strict)
     result = {"split": split, "start": start, "n": len(survey_ids), "skipped": skipped}
@@ -249,8 +253,9 @@ def _block_task(raw: Any, cube_path: str, split: str, start: int, survey_ids: np
     return result
 
 
-def _write_env(group: Any, region: slice, env_values: np.ndarray) -> bool:
-    """Write a block's env values; whether every survey of it has some."""
+def write_env(group: Any, region: slice, env_values: np.ndarray) -> bool:
+    """Write a block's env values and ``valid_env`` (some value not NaN); whether every
+    survey of it has some."""
     valid = ~np.isnan(env_values).all(axis=1)
     cube_array(group, "env")[region] = env_values
     cube_array(group, "valid_env")[region] = valid

@@ -12,7 +12,7 @@ from geoplant import layouts
 from geoplant.errors import GeoplantError
 
 __all__ = ["BLOCK_SURVEYS", "CHUNK_SURVEYS", "ENV_FAMILIES", "MAX_SPECIES_ID", "MODALITIES",
-           "check_request", "split_modalities"]
+           "PO_ENV_BLOCKS", "check_request", "split_modalities"]
 
 #: Per-survey modalities, their raw family and array layout.
 MODALITIES: Final[dict[str, dict[str, Any]]] = {
@@ -37,6 +37,10 @@ MODALITIES: Final[dict[str, dict[str, Any]]] = {
 }
 #: Surveys per build block (and per chunk of the non-image arrays).
 BLOCK_SURVEYS: Final = 1024
+#: Build blocks per task when the PO env is sampled from the rasters: each task reads every
+#: raster chunk holding one of its points, so big tasks (128 x 1024 = 131,072 surveys, ~30 for
+#: the 3.85M PO surveys) read each chunk few times; chunks stay one build block each.
+PO_ENV_BLOCKS: Final = 128
 #: Surveys per inner chunk of the image modalities (the unit of a random read).
 CHUNK_SURVEYS: Final = 4
 #: Highest valid speciesId (GLC24: num_classes = 11255).
