@@ -159,6 +159,7 @@ class TorchJob:
     checkpoint_dir: str | None = None
     fresh: bool = False
     progress: bool = True
+    init_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy (for a worker's job file)."""
@@ -228,10 +229,15 @@ def _build_model(store: Store, plan: Plan, job: TorchJob, stats: Mapping[str, An
     from geoplant.models import MultimodalSDM
     from geoplant.torch import DeviceNormalizer
 
-    return MultimodalSDM(list(job.modalities), len(store.species),
-                         encoder_kwargs=_encoder_kwargs(job),
-                         prior=_frequency(store, plan.train_ids),
-                         normalizer=DeviceNormalizer.from_stats(stats, job.modalities))
+    model = MultimodalSDM(list(job.modalities), len(store.species),
+                          encoder_kwargs=_encoder_kwargs(job),
+                          prior=_frequency(store, plan.train_ids),
+                          normalizer=DeviceNormalizer.from_stats(stats, job.modalities))
+    if job.init_from is not None:  # e.g. the env encoder pre-trained on PO records
+        from geoplant.presence_only import load_pretrained
+
+        load_pretrained(model, job.init_from)
+    return model
 
 
 def _datasets(store: Store, plan: Plan, modalities: list[str] | tuple[str, ...],
@@ -267,7 +273,18 @@ def train_config(job: TorchJob, plan: Plan) -> Any:
         extra_settings={"modalities": list(job.modalities), "batch_size": job.batch_size,
                         "encoder_kwargs": _encoder_kwargs(job),
                         "train_surveys_sha256": _ids_sha256(plan.train_ids),
-                        "val_surveys_sha256": _ids_sha256(plan.val_ids)})
+                        "val_surveys_sha256": _ids_sha256(plan.val_ids),
+                        **_init_settings(job)})
+
+
+def _init_settings(job: TorchJob) -> dict[str, Any]:
+    """What a resume must match about the initial weights: the ``init_from`` file and its
+    sha256 (none recorded without one, so older checkpoints still resume)."""
+    if job.init_from is None:
+        return {}
+    from geoplant.files import sha256_file
+
+    return {"init_from": str(job.init_from), "init_from_sha256": sha256_file(job.init_from)}
 
 
 def _loader_kwargs(job: TorchJob, device: Any) -> dict[str, Any]:
@@ -399,6 +416,7 @@ def fit_torch(store: Store, plan: Plan, modalities: list[str], *, epochs: int = 
               weights: str | None = "random", amp: str = "auto", channels_last: bool = False,
               torch_compile: bool | str = False, grad_accum_steps: int = 1, nproc: int = 1,
               fresh: bool = False, progress: bool = True,
+              init_from: str | os.PathLike[str] | None = None,
               ) -> tuple[Predictions, Predictions, TrainResult]:
     """Train :class:`~geoplant.models.MultimodalSDM` on ``modalities``; predict val and test.
 
@@ -440,6 +458,12 @@ def fit_torch(store: Store, plan: Plan, modalities: list[str], *, epochs: int = 
         Delete the checkpoints of an earlier run in ``out_dir`` and start over.
     progress
         Progress bars and one summary line per epoch.
+    init_from
+        A weights file of :func:`geoplant.presence_only.save_pretrained` (e.g. an env
+        encoder pre-trained on PO records, :func:`geoplant.presence_only.fit_po`): the
+        encoders it shares with this model, and their head columns, start from it
+        (:func:`geoplant.presence_only.load_pretrained`). Recorded with its sha256 in the
+        checkpoint settings: a resume with another file is refused.
 
     Returns
     -------
@@ -451,13 +475,17 @@ def fit_torch(store: Store, plan: Plan, modalities: list[str], *, epochs: int = 
 
     if nproc < 1:
         raise GeoplantError(f"nproc must be >= 1, got {nproc}")
+    if init_from is not None and not Path(init_from).is_file():
+        raise GeoplantError("init_from weights not found", path=init_from,
+                            fix="pass a file written by geoplant.presence_only.save_pretrained")
     job = TorchJob(
         modalities=tuple(modalities), epochs=epochs, batch_size=batch_size, lr=lr, loss=loss,
         seed=seed, num_workers=num_workers, patience=patience,
         encoder_kwargs={m: dict(v) for m, v in (encoder_kwargs or {}).items()},
         weights=weights, amp=amp, channels_last=channels_last, torch_compile=torch_compile,
         grad_accum_steps=grad_accum_steps, fresh=fresh, progress=progress,
-        checkpoint_dir=str(Path(out_dir) / "checkpoints") if out_dir else None)
+        checkpoint_dir=str(Path(out_dir) / "checkpoints") if out_dir else None,
+        init_from=os.fspath(init_from) if init_from is not None else None)
     stats = training_stats(store, plan, modalities, out_dir)
     if nproc > 1:
         result = _fit_on_workers(store, plan, job, stats, nproc)
@@ -472,6 +500,7 @@ def fit_torch(store: Store, plan: Plan, modalities: list[str], *, epochs: int = 
             "device": str(result.device), "world_size": nproc, "amp": amp,
             "weights_source": weights_sources(result.model),
             "normalization_surveys": int(stats.get("n_surveys", len(plan.train_ids))),
+            "init_from": job.init_from,
             "train_samples_per_s": round(float(np.mean(
                 [h.samples_per_s for h in result.history])), 1) if result.history else None}
     species = store.species["speciesId"].to_numpy(np.int64)
