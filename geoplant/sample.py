@@ -22,7 +22,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="glc24: Kaggle GeoLifeCLEF 2024 tree (default); "
                              "geoplant: the 2026 GeoPlant structure")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="tiny",
-                        help="tiny (CI, seconds), small (10k surveys), large (real sizes)")
+                        help="tiny (CI, seconds), demo (geoplant demo: 1.25k train and "
+                             "2.5k test surveys), small (10k surveys), large (real sizes)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from geoplant import layouts
+from geoplant.errors import GeoplantError
 from geoplant.layouts import (
     CLIMATE_VARIABLES,
     ENV_COLUMNS,
@@ -29,7 +30,14 @@ from geoplant.layouts import (
     Location,
 )
 from geoplant.raw import RawRelease
-from geoplant.synthetic.release import HFP_V2_COLUMNS, iter_release_files, write_release
+from geoplant.synthetic.maps import load_world
+from geoplant.synthetic.release import (
+    HFP_V2_COLUMNS,
+    iter_release_files,
+    pa_split_sizes,
+    write_release,
+)
+from geoplant.synthetic.world import PRESETS
 
 
 def read_bytes(root: Path, loc: Location) -> bytes:
@@ -54,7 +62,7 @@ def test_metadata_files_have_the_real_columns_and_dtypes(request: pytest.Fixture
     po = read_csv(root, layouts.location(layout, "metadata.po"))
     assert tuple(po.columns) == METADATA_COLUMNS[layout]["po"]
     assert tuple(po.columns[:len(PO_COLUMNS)]) == PO_COLUMNS
-    assert len(po) == 10_000
+    assert len(po) == PRESETS["tiny"].n_po_rows
     assert po["speciesId"].dtype == np.float64 and po["month"].dtype == np.float64
     assert po["taxonRank"].eq("SPECIES").all()
     assert (pd.to_datetime(po["date"]).dt.day_of_year == po["dayOfYear"]).all()
@@ -339,3 +347,51 @@ def test_truth_has_a_status_table_for_the_map_indicators(glc24_tiny: Path) -> No
     assert set(counts.index) == {"CR", "EN", "VU", "NT", "LC"}
     rarest = species.sort_values(["prevalence", "speciesId"])["speciesId"].iloc[0]
     assert status.set_index("speciesId").loc[rarest, "status"] == "CR"
+
+
+def _cell_values(grid: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    rows = np.clip(((71.0 - lat) / 0.1).astype(int), 0, grid.shape[0] - 1)
+    cols = np.clip(((lon + 10.0) / 0.1).astype(int), 0, grid.shape[1] - 1)
+    return grid[rows, cols]
+
+
+def test_po_and_pa_keep_the_real_release_proportions(glc24_tiny: Path) -> None:
+    """Real: 5.08M PO vs 1.48M PA rows, 9,709 PO species ⊃ 5,016 PA species, PO dense where
+    PA is sparse, PO drawn to towns and roads."""
+    po = read_csv(glc24_tiny, layouts.location("glc24", "metadata.po"))
+    pa = read_csv(glc24_tiny, layouts.location("glc24", "metadata.pa", "pa_train"))
+    test = pd.read_csv(glc24_tiny / "truth" / "pa_test_presences.csv")
+    assert 3.0 < len(po) / len(pa) < 3.8
+    po_species = set(po["speciesId"].astype(int))
+    pa_species = set(pa["speciesId"].astype(int)) | set(test["speciesId"])
+    assert pa_species <= po_species
+    assert len(po_species) > 1.5 * len(pa_species)
+    # The species PA misses are the gap species, whose ranges lie where PA has no plots.
+    species = pd.read_csv(glc24_tiny / "truth" / "species.csv")
+    gap = set(species.loc[species["gap_species"] == 1, "speciesId"])
+    assert 0.4 < len(gap) / len(species) < 0.6
+    assert len(po_species - pa_species) > 0.6 * len(gap) and not (po_species - pa_species) - gap
+    world = load_world(glc24_tiny / "truth")
+    sites = pa.drop_duplicates("surveyId")
+    pa_cov = _cell_values(world.archive_coverage(), sites["lon"].to_numpy(),
+                          sites["lat"].to_numpy())
+    po_cov = _cell_values(world.archive_coverage(), po["lon"].to_numpy(), po["lat"].to_numpy())
+    assert (pa_cov == 0).mean() < 0.02 and (po_cov == 0).mean() > 0.3  # PO fills PA's gaps
+    assert po_cov.mean() < 0.7 * pa_cov.mean()
+    hfp = world.grids["hfp"]
+    assert (_cell_values(hfp, po["lon"].to_numpy(), po["lat"].to_numpy()).mean()
+            > 2 * _cell_values(hfp, sites["lon"].to_numpy(), sites["lat"].to_numpy()).mean())
+
+
+def test_demo_preset_holds_out_most_surveys_and_keeps_tiny_training() -> None:
+    demo = PRESETS["demo"]
+    assert demo.n_species <= 150 and demo.n_po_rows > 3 * 1_000 * 7
+    sizes = pa_split_sizes("demo")
+    assert 1_000 <= sizes["pa_train"] <= 1_500
+    assert sizes["pa_test"] >= 2_400  # +-0.01 on samples-F1 needs ~1,100 at sd 0.17
+    assert sum(sizes.values()) == demo.n_pa_surveys
+    # two test splits of a large fraction share it, leaving surveys to train on
+    split = pa_split_sizes("demo", layout="geoplant")
+    assert split["pa_train"] >= 1_000 and min(split["pa_test_iid"], split["pa_test_glc25"]) > 1_000
+    with pytest.raises(GeoplantError, match="unknown preset 'huge'"):
+        pa_split_sizes("huge")

@@ -1,5 +1,12 @@
 """Write a synthetic world as a raw GeoPlant release, in the real file layout, with its truth.
 
+The proportions of the real release are kept at every preset (see
+:mod:`geoplant.synthetic.world`): PO rows ~3.4 x the PA train rows; PO records about twice as
+many species as PA (the world's gap species live where the vegetation archives have no plots),
+and every species PA lists has at least one PO record (:meth:`_ReleaseWriter._record_pa_species`);
+PA survey clusters follow the archive coverage while PO observer effort follows towns and roads
+and is higher where the coverage is low (``World.po_effort``).
+
 Generation streams block by block (PA surveys in blocks of :data:`BLOCK`, PO records in chunks),
 so memory stays flat as the preset grows. Each block draws from its own generator keyed by
 (seed, split, block), and every archive member gets a fixed timestamp, so the same seed gives
@@ -10,6 +17,7 @@ place at the end: a crash never leaves a half-written release at ``out``.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import shutil
@@ -214,13 +222,20 @@ def _geotiff_bytes(array: np.ndarray, *, crs: str, transform: Any, nodata: float
 
 def _assign_splits(layout: LayoutName, world: World, lon: np.ndarray, lat: np.ndarray,
                    test_fraction: float) -> np.ndarray:
-    """Split names per survey: spatial hold-out of ~10 km blocks (as GeoPlant's test split)."""
+    """Split names per survey: spatial hold-out of ~10 km blocks (as GeoPlant's test split).
+
+    Each test split takes ``test_fraction`` of the surveys in whole blocks; where that would
+    leave less than half of them for training (two test splits of a large fraction, as the
+    ``demo`` preset's 0.75 in the ``geoplant`` layout), the fraction is divided between them.
+    """
     rng = world.rng("splits")
     split = np.full(len(lon), "pa_train", dtype=object)
     if layout == "geoplant":
         split[lon > np.quantile(lon, 0.96)] = "pa_test_ood"  # a region never seen in training
     block = np.floor(lat / 0.09).astype(np.int64) * 100_000 + np.floor(lon / 0.13).astype(np.int64)
     tests = ["pa_test"] if layout == "glc24" else ["pa_test_iid", "pa_test_glc25"]
+    if len(tests) > 1 and len(tests) * test_fraction > 0.5:
+        test_fraction /= len(tests)
     for name in tests:
         free = split == "pa_train"
         blocks = rng.permutation(np.unique(block[free]))
@@ -228,6 +243,41 @@ def _assign_splits(layout: LayoutName, world: World, lon: np.ndarray, lat: np.nd
         chosen = blocks[: int(np.searchsorted(np.cumsum(sizes), test_fraction * len(lon))) + 1]
         split[free & np.isin(block, chosen)] = name
     return split
+
+
+def _pa_plan(world: World, preset: Preset, layout: LayoutName
+             ) -> tuple[np.random.Generator, np.ndarray, np.ndarray, np.ndarray]:
+    """The PA surveys' generator (for what follows), locations and split names."""
+    rng = world.rng("pa-sites")
+    lon, lat = world.clustered_land_points(rng, preset.n_pa_surveys)
+    return rng, lon, lat, _assign_splits(layout, world, lon, lat, preset.test_fraction)
+
+
+def pa_split_sizes(preset: str, *, layout: str = "glc24", seed: int = 0) -> dict[str, int]:
+    """Surveys per PA split that :func:`write_release` would write, without writing anything.
+
+    Parameters
+    ----------
+    preset, layout, seed
+        As for :func:`write_release`.
+
+    Returns
+    -------
+    dict
+        Split name (``pa_train``, ``pa_test``, ...) -> number of surveys.
+    """
+    layout_name = check_layout(layout)
+    size = _preset(preset)
+    world = World(seed, size.n_species, size.mean_richness)
+    split = _pa_plan(world, size, layout_name)[3]
+    names, counts = np.unique(split.astype(str), return_counts=True)
+    return {str(k): int(v) for k, v in zip(names, counts, strict=True)}
+
+
+def _preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise GeoplantError(f"unknown preset {name!r}", fix=f"use one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 def _survey_attributes(rng: np.random.Generator, world: World, sites: Sites) -> pd.DataFrame:
@@ -336,15 +386,13 @@ class _ReleaseWriter:
         self.coast = render.coast_nearby(self.world.grids["land"])
         self.year_anomaly = self.world.rng("year-anomaly").normal(0, 0.8, (len(CLIMATE_YEARS), 12))
         self.counts: dict[str, int] = {}
+        self.pa_recorded = np.zeros(self.world.n_species, dtype=bool)  # species PA lists
         self.truth = root / "truth"
         self.truth.mkdir()
 
     # -- PA ----------------------------------------------------------------------------------
     def write_pa(self, po_survey_ids: np.ndarray) -> dict[str, np.ndarray]:
-        world, preset = self.world, self.preset
-        rng = world.rng("pa-sites")
-        lon, lat = world.clustered_land_points(rng, preset.n_pa_surveys)
-        split = _assign_splits(self.layout, world, lon, lat, preset.test_fraction)
+        rng, lon, lat, split = _pa_plan(self.world, self.preset, self.layout)
         survey_ids = self._pa_ids(rng, split, po_survey_ids)
         written = {}
         for name in SPLITS[self.layout]:
@@ -396,6 +444,7 @@ class _ReleaseWriter:
             meta["taxonRank"] = "SPECIES"
             prob = world.probabilities(sites, meta["areaInM2"].to_numpy())
             present = _draw_presences(rng, prob)
+            self.pa_recorded |= present.any(axis=0)
             site_i, species_i = np.nonzero(present)
             if is_test:
                 prob_out[sl] = prob
@@ -497,17 +546,21 @@ class _ReleaseWriter:
         extra = preset.n_po_rows - n_surveys
         weights = rng.lognormal(0, 1.6, n_surveys)
         counts = 1 + rng.multinomial(extra, weights / weights.sum())
-        g = world.grids
-        bias = (g["hfp"] / 50) ** 1.5 + 0.3 * g["roads"] + 0.01
-        proposal = world.prevalence * world.detectability
+        bias = world.po_effort()
+        # Proposal x acceptance p / max_p: at a site, species s is recorded with a chance
+        # proportional to detectability_s x p_s(site).
+        proposal = world.detectability * world.max_probability
         proposal = proposal / proposal.sum()
         publishers = np.array([p for p, _ in _PUBLISHERS], dtype=object)
         pub_p = np.array([w for _, w in _PUBLISHERS])
         fams = families(layout, "po_train")
-        chunks = range(0, n_surveys, PO_CHUNK)
-        for c, start in enumerate(tqdm(chunks, desc="po_train records", unit="chunk",
-                                       disable=not self.progress)):
-            sl = slice(start, min(start + PO_CHUNK, n_surveys))
+        # Chunks of equal size (at most PO_CHUNK), so the last one is never a small remainder.
+        bounds = np.linspace(0, n_surveys, -(-n_surveys // PO_CHUNK) + 1).astype(np.int64)
+        recorded = np.zeros(world.n_species, dtype=np.int64)
+        for c, (start, stop) in enumerate(tqdm(list(itertools.pairwise(bounds)),
+                                               desc="po_train records", unit="chunk",
+                                               disable=not self.progress)):
+            sl = slice(int(start), int(stop))
             crng = world.rng("po", c)
             n = sl.stop - sl.start
             lon, lat = world.random_land_points(crng, n, bias)
@@ -515,6 +568,9 @@ class _ReleaseWriter:
             per_survey = counts[sl]
             site_of = np.repeat(np.arange(n), per_survey)
             species = self._po_species(crng, sites, site_of, proposal)
+            recorded += np.bincount(species, minlength=world.n_species)
+            if stop == n_surveys:
+                self._record_pa_species(sites, site_of, species, recorded)
             unc = np.round(np.clip(crng.lognormal(np.log(12), 1.3, n), 1, 50_000), 1)
             # Reported coordinates are off by about the stated uncertainty.
             jitter = crng.normal(0, 1, (2, n)) * unc / 111_320
@@ -543,12 +599,33 @@ class _ReleaseWriter:
         self.counts["po_train_rows"] = int(preset.n_po_rows)
         self.counts["po_train_surveys"] = int(n_surveys)
 
+    def _record_pa_species(self, sites: Sites, site_of: np.ndarray, species: np.ndarray,
+                           recorded: np.ndarray) -> None:
+        """Give every species PA lists at least one PO record (PO's species contain PA's, as in
+        the real release): a PA species PO's draw missed (a low-detectability species of a
+        small world) takes over one record, at the chunk's site where it is likeliest, from a
+        species recorded more than once. Updates ``species`` and ``recorded`` in place."""
+        world = self.world
+        missing = np.flatnonzero(self.pa_recorded & (recorded == 0))
+        if missing.size == 0:
+            return
+        p = world.niche_logits(sites, missing) + world.intercept[missing]  # order = p order
+        for j, m in enumerate(missing.tolist()):
+            spare = np.flatnonzero(recorded[species] > 1)
+            if spare.size == 0:
+                break
+            pick = spare[np.argmax(p[site_of[spare], j])]
+            recorded[species[pick]] -= 1
+            species[pick] = m
+            recorded[m] += 1
+
     def _po_species(self, rng: np.random.Generator, sites: Sites, site_of: np.ndarray,
                     proposal: np.ndarray) -> np.ndarray:
-        """Species of PO records: observers favour detectable species where they occur.
+        """Species of PO records: observers record detectable species where they occur.
 
-        Rejection sampling: propose from prevalence x detectability, accept with the true
-        probability at the site over the species' maximum probability.
+        Rejection sampling: propose from detectability x maximum probability, accept with the
+        true probability at the site over the species' maximum probability; records still
+        rejected after many rounds take their site's likeliest record (detectability x p).
         """
         world = self.world
         n = len(site_of)
@@ -557,14 +634,16 @@ class _ReleaseWriter:
         for _ in range(80):
             proposed = rng.choice(world.n_species, len(todo), p=proposal)
             site = site_of[todo]
-            p = world.pair_probabilities(sites.z[site], sites.habitat[site], proposed)
+            p = world.pair_probabilities(sites, site, proposed)
             accept = rng.random(len(todo)) * world.max_probability[proposed] < p
             species[todo[accept]] = proposed[accept]
             todo = todo[~accept]
             if todo.size == 0:
                 break
         if todo.size:
-            species[todo] = proposed[~accept]
+            left, where = np.unique(site_of[todo], return_inverse=True)
+            weight = world.probabilities(sites.take(left)) * world.detectability
+            species[todo] = np.argmax(weight, axis=1)[where]
         return species
 
     # -- rasters, submission, truth ------------------------------------------------------------
@@ -678,6 +757,7 @@ class _ReleaseWriter:
         species = pd.DataFrame({
             "speciesId": world.species_ids, "prevalence": world.prevalence,
             "detectability": world.detectability, "intercept": world.intercept,
+            "gap_species": world.gap_species.astype(np.int8),
         })
         species.to_csv(self.truth / "species.csv", index=False, lineterminator="\n")
         from geoplant.synthetic.maps import synthetic_status_table  # reads species.csv
@@ -718,11 +798,24 @@ Written by `geoplant sample`. For every PA test split `<split>`:
 - `<split>_hidden.csv`: the hidden local habitat, greenness, wetness and warming trend per
   survey (what only the satellite and climate series reveal).
 
-`species.csv` lists every species of the world; `status.csv` (speciesId,status) gives each a
-conservation status for the map indicators (rarity standing in for threat: the rarest 5% CR,
-10% EN, 15% VU, 10% NT, the rest LC); `parameters.json` holds the generator's parameters
-(seed, preset, niches, the probability model) and the counts written. `maps/` (written on
-demand by `geoplant evaluate MAPS --truth ...`) holds the true probability maps.
+How the release was drawn (the design keeps the real release's proportions): PA surveys
+(vegetation-archive plots) come in clusters whose centres follow a smooth archive-coverage
+field, absent from 30% of the land; PO records (~3.4 x the PA train rows) come from observers
+drawn to towns and roads (`(hfp/50)^1.5 + 0.3*roads + 0.01`), more so where the archive
+coverage is low (x `0.3 + 2.7*(1 - coverage)`), each recording a species with a chance
+proportional to its detectability x its true probability there. Half of the species are
+*gap species*: each lives in a compact range centred deep in an archive gap
+(`parameters.json` -> `species[].range`; the probability model gains `-0.5*(d/radius)^2`), so
+PA rarely or never records it and PO does: PO lists about twice as many species as PA, and
+every species PA lists has at least one PO record.
+
+`species.csv` lists every species of the world (`gap_species`: 1 for a gap species;
+`prevalence`: mean true probability over PA-like sites); `status.csv` (speciesId,status)
+gives each a conservation status for the map indicators (rarity standing in for threat: the
+rarest 5% CR, 10% EN, 15% VU, 10% NT, the rest LC); `parameters.json` holds the generator's
+parameters (seed, preset, niches, ranges, the survey design, the probability model) and the
+counts written. `maps/` (written on demand by `geoplant evaluate MAPS --truth ...`) holds
+the true probability maps.
 """
 
 
@@ -771,8 +864,12 @@ def write_release(
         ``"glc24"`` (Kaggle GeoLifeCLEF 2024 tree + Seafile raster zips) or ``"geoplant"``
         (the 2026 GeoPlant structure).
     preset
-        ``"tiny"`` (~1k PA surveys, 100 species; CI), ``"small"`` (10k surveys, 500 species,
-        100k PO rows) or ``"large"`` (the real sizes: 93,703 PA surveys, 5,079,797 PO rows).
+        A key of :data:`geoplant.synthetic.world.PRESETS`: ``"tiny"`` (1k PA surveys, 200
+        species, 26k PO rows; CI), ``"demo"`` (1.25k PA train + 2.5k test surveys, 120 species,
+        31k PO rows; ``geoplant demo``), ``"small"`` (10k surveys, 1,000 species, 375k PO rows)
+        or ``"large"`` (the real sizes: 93,703 PA surveys, 5,079,797 PO rows, 10,032
+        species). PO rows are ~3.4 x the PA train rows and PA records about half the
+        species, as in the real release.
     seed
         The same seed gives byte-identical files.
     overwrite
@@ -785,15 +882,13 @@ def write_release(
     ReleaseSummary
     """
     layout_name = check_layout(layout)
-    if preset not in PRESETS:
-        raise GeoplantError(f"unknown preset {preset!r}",
-                            fix=f"use one of: {', '.join(PRESETS)}")
+    size = _preset(preset)
     if seed < 0:
         raise GeoplantError(f"seed must be >= 0, got {seed}", fix="pass a non-negative --seed")
     target = Path(out).expanduser().absolute()
     staging = _prepare_output(target, overwrite)
     try:
-        writer = _ReleaseWriter(staging, layout_name, PRESETS[preset], seed, progress)
+        writer = _ReleaseWriter(staging, layout_name, size, seed, progress)
         po_ids = writer.po_survey_ids()
         pa = writer.write_pa(po_ids)
         writer.write_po(po_ids)

@@ -9,10 +9,27 @@ Everything a release needs is derived from one :class:`World`:
   not carry but the rendered Sentinel-2 patches and Landsat series do, and a recent warming
   trend that only the monthly climate series carry;
 * species with Gaussian niches on a few standardised drivers plus habitat preferences, their
-  intercepts calibrated so species prevalences follow a long tail.
+  intercepts calibrated so species prevalences follow a long tail;
+* where the two kinds of survey go. Vegetation archives (PA) are clustered where a smooth
+  *archive coverage* field (:meth:`World.archive_coverage`, 0..1) is high, and a share
+  (:data:`COVERAGE_GAP_SHARE`) of the land has none at all; presence-only observers (PO,
+  :meth:`World.po_effort`) follow towns and roads, and more so where the archives are sparse.
+
+Why: in the real release PO is ~3.4 times as many rows as PA, covers about twice as many
+species (9,709 vs 5,016, PO's ⊃ PA's) and is dense where PA is sparse. Here a share
+:data:`GAP_SPECIES_SHARE` of the species are *gap species*: each lives in a compact
+geographic range (a Gaussian in distance, radius 0.4-1 degree) centred deep inside an
+archive gap (at least two radii + 0.4 degrees from any covered cell), so PA rarely or never
+records it while PO, whose effort reaches the gaps, does. Their intercepts are calibrated on
+sites inside the range (a local prevalence), the others' on PA-like sites (the long tail
+summing to the target PA richness). PO proposes species by detectability x maximum
+probability and accepts with the true probability at the site, so a record names species
+``s`` with a chance proportional to ``detectability_s * p_s(site)``.
 
 The true occurrence probability of species ``s`` at site ``i`` is
-``sigmoid(a_s - 0.5 * sum_k ((z_ik - mu_sk) / sd_sk)**2 + beta_s[h_i] + area_effect_i)``.
+``sigmoid(a_s - 0.5 * sum_k ((z_ik - mu_sk) / sd_sk)**2 + beta_s[h_i] - 0.5 * (d_is / r_s)**2
++ area_effect_i)``, with ``d_is`` the distance (degrees, longitude scaled by cos latitude) to
+the range centre of a gap species and ``r_s`` its radius (infinite for the other species).
 """
 
 from __future__ import annotations
@@ -69,6 +86,12 @@ _SYLLABLES: Final = (
 IGBP_TO_HABITAT: Final = {
     1: 0, 4: 1, 5: 1, 7: 4, 9: 4, 10: 2, 11: 5, 12: 3, 13: 6, 14: 3, 15: 7, 16: 7, 17: 5,
 }
+#: Share of the land without any vegetation-archive coverage (no PA cluster centre there).
+COVERAGE_GAP_SHARE: Final = 0.3
+#: Share of the species whose range lies inside an archive gap (PO records them, PA rarely).
+GAP_SPECIES_SHARE: Final = 0.5
+#: Calibration sites drawn around each gap species' range centre.
+_RANGE_SITES: Final = 48
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -79,7 +102,25 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float)
 
 @dataclass(frozen=True)
 class Preset:
-    """Size of a synthetic release."""
+    """Size of a synthetic release.
+
+    Attributes
+    ----------
+    name
+        Preset name (``geoplant sample --preset``).
+    n_pa_surveys
+        PA surveys, train and test together.
+    n_species
+        Species of the world: about what PO records; PA records about half of them (the gap
+        species of :mod:`geoplant.synthetic.world` it rarely reaches).
+    n_po_rows
+        PO rows (records); ~3.4 x the PA train rows, as in the real release.
+    mean_richness
+        Target mean number of species present per PA survey.
+    test_fraction
+        Share of the PA surveys in each test split (spatial blocks); with two test splits
+        (``geoplant`` layout) a share above 0.25 is divided between them.
+    """
 
     name: str
     n_pa_surveys: int
@@ -89,11 +130,17 @@ class Preset:
     test_fraction: float = 0.05
 
 
+#: The sizes. PO rows are ~3.4 x the PA train rows (surveys x mean richness) and PA lists
+#: about half of ``n_species`` (the rest are gap species), as in the real release. ``demo``
+#: keeps tiny's training size but holds out 2/3 of its surveys (~2,500) so that a
+#: bootstrap interval of samples-F1 over the test surveys is within +-0.01.
 PRESETS: Final[dict[str, Preset]] = {
-    "tiny": Preset("tiny", 1_000, 100, 10_000, 9.0),
-    "small": Preset("small", 10_000, 500, 100_000, 13.0),
-    # The real PA part: 88,987 train + 4,716 test surveys, 5,016 species, 5,079,797 PO rows.
-    "large": Preset("large", 93_703, 5_016, 5_079_797, 16.7, test_fraction=4_716 / 93_703),
+    "tiny": Preset("tiny", 1_000, 200, 26_000, 9.0),
+    "small": Preset("small", 10_000, 1_000, 375_000, 13.0),
+    "demo": Preset("demo", 3_750, 120, 31_000, 9.0, test_fraction=2 / 3),
+    # The real PA part: 88,987 train + 4,716 test surveys, 5,016 species, 5,079,797 PO rows,
+    # 9,709 PO species: 5,016 widespread species (PA's) and as many gap species.
+    "large": Preset("large", 93_703, 10_032, 5_079_797, 16.7, test_fraction=4_716 / 93_703),
 }
 
 
@@ -143,6 +190,7 @@ class World:
         self.lats = np.round(np.arange(lat_max - RESOLUTION / 2, lat_min, -RESOLUTION), 6)
         self.shape = (len(self.lats), len(self.lons))
         self.grids = self._make_fields(rng)
+        self.coverage = self._archive_coverage(self.rng("archive-coverage"))
         self._driver_stats = self._reference_driver_stats()
         self._make_species(self.rng("species"))
 
@@ -253,6 +301,30 @@ class World:
         igbp[g["land"] <= 0] = 17  # water
         return igbp
 
+    # -- where surveys go ----------------------------------------------------------------------
+    def _archive_coverage(self, rng: np.random.Generator) -> np.ndarray:
+        """Smooth 0..1 vegetation-archive coverage per cell; 0 on COVERAGE_GAP_SHARE of land."""
+        land = self.grids["land"] > 0
+        noise = smooth_noise(rng, self.shape, 30)  # ~3 degree patches: national archives
+        gap, full = np.quantile(noise[land], [COVERAGE_GAP_SHARE, 0.9])
+        return np.where(land, np.clip((noise - gap) / (full - gap), 0.0, 1.0), 0.0)
+
+    def archive_coverage(self) -> np.ndarray:
+        """The vegetation-archive coverage grid (0..1): PA cluster centres are drawn with it."""
+        return self.coverage
+
+    def po_effort(self) -> np.ndarray:
+        """Presence-only observer effort per grid cell (relative weight).
+
+        Observers favour towns and roads (``(hfp / 50) ** 1.5 + 0.3 * roads + 0.01``: the
+        bias a target-group background corrects), and record more where the vegetation
+        archives are sparse (a factor 0.3 where the coverage is full, 3.0 in the gaps), so PO is
+        dense where PA is sparse, as in the real release.
+        """
+        g = self.grids
+        towns = (g["hfp"] / 50) ** 1.5 + 0.3 * g["roads"] + 0.01
+        return towns * (0.3 + 2.7 * (1.0 - self.coverage))
+
     # -- sampling sites -----------------------------------------------------------------------
     def grid_values(self, lon: np.ndarray, lat: np.ndarray, name: str,
                     order: int = 1) -> np.ndarray:
@@ -276,9 +348,10 @@ class World:
 
     def clustered_land_points(self, rng: np.random.Generator, n: int,
                               per_cluster: float = 25.0) -> tuple[np.ndarray, np.ndarray]:
-        """PA-like sites: clusters of surveys (as vegetation archives are) around random centres."""
+        """PA-like sites: clusters of surveys (as vegetation archives are) around centres drawn
+        with the archive coverage (none in its gaps)."""
         n_clusters = max(1, int(n / per_cluster))
-        clon, clat = self.random_land_points(rng, n_clusters)
+        clon, clat = self.random_land_points(rng, n_clusters, self.coverage)
         member = rng.integers(0, n_clusters, n)
         spread = rng.uniform(0.03, 0.35, n_clusters)[member]
         lon = clon[member] + rng.normal(0, 1, n) * spread / np.cos(np.radians(clat[member]))
@@ -358,42 +431,123 @@ class World:
         self.niche_sd = rng.uniform(0.45, 1.4, (n, n_drivers))
         self.habitat_beta = rng.normal(0, 1.2, (n, len(HABITATS)))
         self.detectability = rng.lognormal(0, 1.0, n)  # how readily PO observers record it
-        # Long-tailed prevalences, shuffled over species.
-        ranks = rng.permutation(n) + 1.0
-        prevalence = ranks ** -0.7
-        prevalence *= self.mean_richness / prevalence.sum()
+        self._make_ranges(self.rng("species-ranges"))
+        # Long-tailed prevalences (over PA-like sites) of the other species, summing to the
+        # target richness; gap species get a local prevalence inside their range instead.
+        wide = np.flatnonzero(~self.gap_species)
+        prevalence = np.zeros(n)
+        prevalence[wide] = (rng.permutation(len(wide)) + 1.0) ** -0.7
+        prevalence *= self.mean_richness / max(prevalence.sum(), 1e-12)
+        self.local_prevalence = np.where(
+            self.gap_species, np.exp(rng.uniform(np.log(0.1), np.log(0.6), n)), np.nan)
         self.prevalence = np.clip(prevalence, 1e-5, 0.6)
         self.intercept = np.zeros(n)
         self.intercept = self._calibrate_intercepts(self.rng("calibration"))
 
+    def _make_ranges(self, rng: np.random.Generator) -> None:
+        """Gap species: a range centre deep inside an archive gap and a radius (degrees)."""
+        n = self.n_species
+        n_gap = round(GAP_SPECIES_SHARE * n)
+        self.gap_species = np.zeros(n, dtype=bool)
+        self.gap_species[rng.choice(n, n_gap, replace=False)] = True
+        # Deep inside: the range centre is at least 2 radii + 0.4 degrees (the reach of PA
+        # clusters from their centres) from any covered cell.
+        depth = self._gap_depth().ravel()
+        radius = rng.uniform(0.4, 1.0, n)
+        order = np.argsort(-depth, kind="stable")  # deepest cells first
+        deep_enough = np.searchsorted(-depth[order], -(2 * radius + 0.4), side="right")
+        pick = order[(rng.random(n) * np.maximum(deep_enough, 1)).astype(np.int64)]
+        iy, ix = np.unravel_index(pick, self.shape)
+        self.range_lon = np.where(self.gap_species, self.lons[ix], np.nan)
+        self.range_lat = np.where(self.gap_species, self.lats[iy], np.nan)
+        self.range_radius = np.where(self.gap_species, radius, np.inf)
+
+    def _gap_depth(self) -> np.ndarray:
+        """Distance (degrees, longitude scaled by cos latitude) from each uncovered land cell to
+        the nearest covered cell; 0 elsewhere."""
+        from scipy.spatial import cKDTree
+
+        lon2, lat2 = np.meshgrid(self.lons, self.lats)
+        xy = np.column_stack([(lon2 * np.cos(np.radians(lat2))).ravel(), lat2.ravel()])
+        covered = self.coverage.ravel() > 0
+        gap = (self.grids["land"].ravel() > 0) & ~covered
+        depth = np.zeros(lon2.size)
+        if covered.any() and gap.any():
+            depth[gap] = cKDTree(xy[covered]).query(xy[gap])[0]
+        return depth.reshape(self.shape)
+
+    def _range_penalty(self, lon: np.ndarray, lat: np.ndarray, species: np.ndarray,
+                       pairs: bool) -> np.ndarray:
+        """``0.5 * (d / r) ** 2`` of gap species; ``pairs``: site i with species[i], else every
+        site with every species of ``species`` (n_sites, len(species))."""
+        clon, clat, r = self.range_lon[species], self.range_lat[species], \
+            self.range_radius[species]
+        if not pairs:
+            lon, lat = lon[:, None], lat[:, None]
+        dx = (lon - clon) * np.cos(np.radians(lat))
+        return 0.5 * (dx**2 + (lat - clat) ** 2) / r**2
+
     def _calibrate_intercepts(self, rng: np.random.Generator) -> np.ndarray:
-        """Bisection on each species' intercept so its mean probability equals its prevalence."""
+        """Bisection on each species' intercept so its mean probability equals its prevalence:
+        over PA-like sites for most species, over sites inside its range for a gap species."""
         lon, lat = self.clustered_land_points(rng, 4_000)
         sites = self.sites(rng, lon, lat)
-        shape = self.niche_logits(sites)  # (n_sites, n_species) without intercept
-        lo = np.full(self.n_species, -25.0)
-        hi = np.full(self.n_species, 25.0)
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            too_high = expit(shape + mid).mean(axis=0) > self.prevalence
-            hi = np.where(too_high, mid, hi)
-            lo = np.where(too_high, lo, mid)
-        intercept = (lo + hi) / 2
+        wide = np.flatnonzero(~self.gap_species)
+        gap = np.flatnonzero(self.gap_species)
+        shape = self.niche_logits(sites, wide)  # (n_sites, n_wide) without intercept
+        intercept = np.zeros(self.n_species)
+        intercept[wide] = _bisect(shape, self.prevalence[wide])
+        max_p = np.zeros(self.n_species)
+        max_p[wide] = expit(shape + intercept[wide]).max(axis=0)
+        if gap.size:
+            rsites, rspecies = self._range_sites(rng, gap)
+            logit = self.pair_logits(rsites, np.arange(len(rsites)), rspecies)
+            logit = logit.reshape(len(gap), _RANGE_SITES).T
+            intercept[gap] = _bisect(logit, self.local_prevalence[gap])
+            max_p[gap] = expit(logit + intercept[gap]).max(axis=0)
+            # What PA sees of them: their mean probability over the PA-like sites.
+            pa_mean = expit(self.niche_logits(sites, gap) + intercept[gap]).mean(axis=0)
+            self.prevalence[gap] = np.clip(pa_mean, 1e-7, 0.6)
         # Upper bound of each species' probability, for rejection sampling of PO records.
-        self.max_probability = np.clip(expit(shape + intercept).max(axis=0) * 1.25, 1e-4, 1.0)
+        self.max_probability = np.clip(max_p * 1.25, 1e-4, 1.0)
         return intercept
+
+    def _range_sites(self, rng: np.random.Generator, gap: np.ndarray) -> tuple[Sites, np.ndarray]:
+        """_RANGE_SITES land sites inside each gap species' range (within one radius)."""
+        k = _RANGE_SITES
+        species = np.repeat(gap, k)
+        lon = np.empty(len(species))
+        lat = np.empty(len(species))
+        todo = np.arange(len(species))
+        for _ in range(50):  # redraw points that fell in the sea
+            s = species[todo]
+            rad = self.range_radius[s] * np.sqrt(rng.random(len(todo)))
+            ang = rng.uniform(0, 2 * np.pi, len(todo))
+            lat[todo] = np.clip(self.range_lat[s] + rad * np.sin(ang), EXTENT[1] + 0.01,
+                                EXTENT[3] - 0.01)
+            lon[todo] = np.clip(self.range_lon[s] + rad * np.cos(ang)
+                                / np.cos(np.radians(lat[todo])), EXTENT[0] + 0.01,
+                                EXTENT[2] - 0.01)
+            todo = todo[self.grid_values(lon[todo], lat[todo], "land", order=0) <= 0]
+            if todo.size == 0:
+                break
+        lon[todo], lat[todo] = self.range_lon[species[todo]], self.range_lat[species[todo]]
+        return self.sites(rng, lon, lat), species
 
     def niche_logits(self, sites: Sites, species: np.ndarray | None = None) -> np.ndarray:
         """Logits without intercept and area effect: (n_sites, n_species)."""
-        sel = slice(None) if species is None else species
-        mask, mu, sd = self.niche_mask[sel], self.niche_mu[sel], self.niche_sd[sel]
+        index = np.arange(self.n_species) if species is None else np.asarray(species)
+        mask, mu, sd = self.niche_mask[index], self.niche_mu[index], self.niche_sd[index]
         out = np.zeros((len(sites), mask.shape[0]), dtype=np.float64)
         for d in range(len(DRIVERS)):
             users = np.flatnonzero(mask[:, d])
             if users.size:
                 dev = (sites.z[:, d : d + 1] - mu[users, d]) / sd[users, d]
                 out[:, users] -= 0.5 * dev**2
-        out += self.habitat_beta[sel][:, sites.habitat].T
+        out += self.habitat_beta[index][:, sites.habitat].T
+        ranged = np.flatnonzero(self.gap_species[index])
+        if ranged.size:
+            out[:, ranged] -= self._range_penalty(sites.lon, sites.lat, index[ranged], False)
         return out
 
     def probabilities(self, sites: Sites, area_m2: np.ndarray | None = None) -> np.ndarray:
@@ -408,14 +562,21 @@ class World:
             logits += 0.25 * np.log(area / 100.0)[:, None]
         return expit(logits).astype(np.float32)
 
-    def pair_probabilities(self, z: np.ndarray, habitat: np.ndarray,
-                           species: np.ndarray) -> np.ndarray:
-        """Probability of ``species[i]`` at the site with drivers ``z[i]`` and ``habitat[i]``."""
+    def pair_logits(self, sites: Sites, site: np.ndarray, species: np.ndarray) -> np.ndarray:
+        """Logit without intercept of ``species[i]`` at site ``site[i]`` of ``sites``."""
         mask, mu, sd = self.niche_mask[species], self.niche_mu[species], self.niche_sd[species]
-        dev = np.where(mask, (z - mu) / sd, 0.0)
-        logit = (self.intercept[species] - 0.5 * (dev**2).sum(axis=1)
-                 + self.habitat_beta[species, habitat])
-        return expit(logit)
+        dev = np.where(mask, (sites.z[site] - mu) / sd, 0.0)
+        logit = -0.5 * (dev**2).sum(axis=1) + self.habitat_beta[species, sites.habitat[site]]
+        ranged = self.gap_species[species]
+        if ranged.any():
+            logit[ranged] -= self._range_penalty(sites.lon[site[ranged]],
+                                                 sites.lat[site[ranged]], species[ranged], True)
+        return logit
+
+    def pair_probabilities(self, sites: Sites, site: np.ndarray,
+                           species: np.ndarray) -> np.ndarray:
+        """Probability of ``species[i]`` at site ``site[i]`` of ``sites``."""
+        return expit(self.pair_logits(sites, site, species) + self.intercept[species])
 
     def parameters(self) -> dict[str, object]:
         """The generator's parameters as plain JSON-able values."""
@@ -442,13 +603,26 @@ class World:
                         for d in np.flatnonzero(self.niche_mask[s])
                     },
                     "habitat_beta": [float(b) for b in self.habitat_beta[s]],
+                    **({"range": {"lon": float(self.range_lon[s]),
+                                  "lat": float(self.range_lat[s]),
+                                  "radius_deg": float(self.range_radius[s]),
+                                  "local_prevalence": float(self.local_prevalence[s])}}
+                       if self.gap_species[s] else {}),
                 }
                 for s in range(self.n_species)
             ],
             "probability_model": (
                 "p = sigmoid(intercept - 0.5*sum_k((z_k-mu_k)/sd_k)^2 + habitat_beta[habitat]"
-                " + 0.25*log(areaInM2/100)), z = standardised drivers"
+                " - 0.5*(d/radius_deg)^2 + 0.25*log(areaInM2/100)), z = standardised drivers,"
+                " d = distance (degrees, lon scaled by cos lat) to the range centre of a gap"
+                " species (no such term for the others)"
             ),
+            "survey_design": {
+                "coverage_gap_share": COVERAGE_GAP_SHARE,
+                "gap_species_share": GAP_SPECIES_SHARE,
+                "pa_sites": "clusters around centres drawn with the archive coverage (0..1)",
+                "po_effort": "((hfp/50)^1.5 + 0.3*roads + 0.01) * (0.3 + 2.7*(1 - coverage))",
+            },
         }
 
     def region_of(self, sites: Sites) -> np.ndarray:
@@ -482,6 +656,18 @@ class World:
         dx = (lon[:, None] - cxy[:, 0]) * np.cos(np.radians(lat))[:, None]
         dy = lat[:, None] - cxy[:, 1]
         return names[np.argmin(dx**2 + dy**2, axis=1)]
+
+
+def _bisect(shape: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-column intercept ``a`` with ``mean(sigmoid(shape + a), axis=0) == target``."""
+    lo = np.full(shape.shape[1], -25.0)
+    hi = np.full(shape.shape[1], 25.0)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        too_high = expit(shape + mid).mean(axis=0) > target
+        hi = np.where(too_high, mid, hi)
+        lo = np.where(too_high, lo, mid)
+    return (lo + hi) / 2
 
 
 def _cell_names(lon: np.ndarray, lat: np.ndarray, size: float, syllables: int,
