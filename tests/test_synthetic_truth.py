@@ -62,3 +62,32 @@ def test_oracle_report_on_tiny_world(glc24_tiny: Path) -> None:
     assert 0 < ef1["expected_f1"] <= 1
     top25 = table[(table["decoder"] == "top_k") & ~table["tuned"]].iloc[0]
     assert ef1["samples_f1"] > top25["samples_f1"]
+
+
+def test_gap_species_live_where_pa_surveys_are_not(glc24_tiny: Path) -> None:
+    """Gap species (half the world's) are near-absent from the PA test surveys' true
+    probabilities, yet likely at their range centres (parameters.json), where PO records
+    them."""
+    import json
+
+    from scipy.special import expit
+
+    from geoplant.synthetic.maps import load_world
+
+    truth = st.read_synthetic_truth(glc24_tiny)
+    species = pd.read_csv(glc24_tiny / "truth" / "species.csv")
+    assert np.array_equal(species["speciesId"], truth.species_ids)
+    gap = species["gap_species"].to_numpy(bool)
+    p = truth.probabilities
+    assert p[:, gap].mean() < 0.02 * p[:, ~gap].mean()
+    params = json.loads((glc24_tiny / "truth" / "parameters.json").read_text())
+    ranges = [s["range"] for s in params["species"] if "range" in s]
+    assert len(ranges) == gap.sum()
+    world = load_world(glc24_tiny / "truth")
+    index = np.flatnonzero(gap)[:10]
+    lon = np.repeat([ranges[i]["lon"] for i in range(10)], 64)
+    lat = np.repeat([ranges[i]["lat"] for i in range(10)], 64)
+    sites = world.sites(np.random.default_rng(0), lon, lat)
+    logits = world.niche_logits(sites, index) + world.intercept[index]
+    own = expit(logits).reshape(10, 64, 10)[np.arange(10), :, np.arange(10)]  # (species, site)
+    assert (own.mean(axis=1) > 20 * p[:, index].mean(axis=0) + 0.01).all()
