@@ -22,6 +22,7 @@ status of the most threatened one. Results are written as CSV, Zarr and PNG by
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -108,11 +109,18 @@ def max_tss_thresholds(Y: Any, P: Any) -> np.ndarray:
 # range sizes
 
 
-def _project(lon: Any, lat: Any, crs: str = "EPSG:4326") -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=8)
+def _to_equal_area(crs: str) -> Any:
+    """The transformer of ``crs`` -> :data:`EQUAL_AREA` (building one costs ~70 ms: once per
+    CRS, not once per species)."""
     from pyproj import Transformer
 
-    x, y = Transformer.from_crs(crs, EQUAL_AREA, always_xy=True).transform(
-        np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64))
+    return Transformer.from_crs(crs, EQUAL_AREA, always_xy=True)
+
+
+def _project(lon: Any, lat: Any, crs: str = "EPSG:4326") -> tuple[np.ndarray, np.ndarray]:
+    x, y = _to_equal_area(crs).transform(np.asarray(lon, dtype=np.float64),
+                                         np.asarray(lat, dtype=np.float64))
     return np.asarray(x), np.asarray(y)
 
 

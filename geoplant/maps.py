@@ -1,8 +1,14 @@
-"""Wall-to-wall species distribution maps from a saved env model (``geoplant map``).
+"""Wall-to-wall species distribution maps from a saved model (``geoplant map``).
 
 Every cell of the store's environmental raster grid gets a feature vector built from the
 rasters in the model's training column order (``lon``, ``lat``, ``Bio1``... -> the rasters
-``bio1``..., see :func:`raster_source`), then the model's probabilities. The grid is cut into
+``bio1``..., see :func:`raster_source`), then the model's probabilities. Any model folder of
+:func:`geoplant.models.persist.save_trained` maps whose inputs exist at every cell: the
+classic env models, ``MaxentPO`` and a ``MultimodalSDM`` on the ``env`` modality (predicted
+on the CPU, one encoder pass per block); a model with a Sentinel-2, Landsat or climate
+input is refused. With ``--status`` / ``--thresholds`` the conservation indicators
+(:mod:`geoplant.indicators`) follow the maps, by default at the validation max-TSS
+thresholds saved with the model. The grid is cut into
 square spatial blocks; each block is one dask task that reads its raster windows, predicts a
 moderate number of species at a time (bounded memory) and writes its own region of a Zarr
 store created up front, then leaves a marker. A rerun skips marked blocks (resume), on local
@@ -19,6 +25,8 @@ Outputs in ``MAPS/``::
     species/<id>.tif     COG of each requested species' probability (float32, NaN nodata)
     png/richness.png, png/<id>.png   quick-looks, species maps with their PA / PO records
     map.json             what was mapped (model, store, grid, species, timings)
+    indicators/          with --status or --thresholds: species_indicators.csv and, with a
+                         status table, indicators.zarr and PNGs (geoplant.indicators)
     _progress/           config + one marker per finished block (resume)
 
 Chunks of ``probability`` are ``(species_chunk, block, block)`` (default (16, 256, 256),
@@ -38,7 +46,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -63,6 +71,8 @@ __all__ = [
     "open_maps",
     "raster_grid",
     "raster_source",
+    "read_status_csv",
+    "read_thresholds_csv",
     "run",
 ]
 
@@ -280,21 +290,37 @@ def _block_features(spec: dict[str, Any], ys: slice, xs: slice) -> tuple[np.ndar
     return X, valid
 
 
-def _predict(model: Any, X: np.ndarray, cols: slice) -> np.ndarray:
-    """Probabilities of the species columns ``cols`` (float32 ``(cells, species)``)."""
-    from scipy.special import expit
+def _block_predictor(model: Any, X: np.ndarray) -> Callable[[slice], np.ndarray]:
+    """``predict(cols)``: probabilities of the species columns ``cols`` of the cells ``X``
+    (float32 ``(cells, species)``).
 
+    What every species shares is computed once per block (the logistic model's expanded
+    features, a torch model's encoder pass up to its output layer); each species chunk then
+    costs one small product, and memory stays cells x species_chunk.
+    """
     from geoplant.models.classic import EnvLogisticBaseline
+    from geoplant.models.maxent import MaxentPO
 
     if isinstance(model, EnvLogisticBaseline):
-        # only this chunk's species: memory stays cells x species_chunk
+        from scipy.special import expit
+
         F = model._features(X)
-        out = expit(F @ model.coef_[:, cols] + model.intercept_[cols]).astype(np.float32)
-        idx = np.arange(len(model.intercept_))[cols]
-        const = np.isin(idx, model._constant)
-        out[:, const] = model.prior_[idx[const]].astype(np.float32)
-        return out
-    return np.asarray(model.predict_proba(X), dtype=np.float32)[:, cols]
+        idx_all = np.arange(len(model.intercept_))
+
+        def logistic(cols: slice) -> np.ndarray:
+            out = expit(F @ model.coef_[:, cols] + model.intercept_[cols]).astype(np.float32)
+            idx = idx_all[cols]
+            const = np.isin(idx, model._constant)
+            out[:, const] = model.prior_[idx[const]].astype(np.float32)
+            return out
+        return logistic
+    if hasattr(model, "hidden") and hasattr(model, "species_proba"):  # a TorchPredictor
+        H = model.hidden(X)
+        return lambda cols: np.asarray(model.species_proba(H, cols), dtype=np.float32)
+    if isinstance(model, MaxentPO):
+        return lambda cols: model.predict_proba(X, columns=cols)
+    full = np.asarray(model.predict_proba(X), dtype=np.float32)
+    return lambda cols: full[:, cols]
 
 
 def _merge_topk(best_p: np.ndarray, best_i: np.ndarray, p: np.ndarray, ids: np.ndarray,
@@ -325,11 +351,12 @@ def _run_block(spec: dict[str, Any], iy: int, ix: int) -> int:
     richness = np.zeros(len(Xv))
     best_p = np.zeros((len(Xv), 0), dtype=np.float32)
     best_i = np.zeros((len(Xv), 0), dtype=np.int64)
+    predict = _block_predictor(saved.model, Xv) if len(Xv) else None
     for s0 in range(0, n_species, sc):
         cols = slice(s0, min(s0 + sc, n_species))
         q = np.full((cols.stop - s0, len(X)), NODATA, dtype=np.uint8)
-        if len(Xv):
-            p = _predict(saved.model, Xv, cols)
+        if predict is not None:
+            p = predict(cols)
             qv = np.rint(np.clip(p, 0.0, 1.0) * SCALE).astype(np.uint8)
             q[:, valid] = qv.T
             # richness and top-K from the stored values: they agree with the Zarr exactly
@@ -358,6 +385,135 @@ def _marker(out: str | Path, iy: int, ix: int) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# indicator inputs: status table and thresholds
+
+#: Per-species thresholds: a CSV path, "max-tss", one number, or id -> threshold.
+Thresholds = str | os.PathLike[str] | float | Mapping[int, float]
+
+
+def _indicator_inputs(saved: SavedModel, status: str | os.PathLike[str] | None,
+                      thresholds: Thresholds | None
+                      ) -> tuple[Any, float | dict[int, float], str] | None:
+    """``(status series or None, thresholds, where they came from)`` of the indicators, or
+    None when none were asked for; bad files are refused before mapping."""
+    if status is None and thresholds is None:
+        return None
+    table = read_status_csv(status, saved.species_ids) if status is not None else None
+    if thresholds is None or (isinstance(thresholds, str) and thresholds == "max-tss"):
+        saved_thr = saved.thresholds()
+        if saved_thr is None:
+            raise GeoplantError("the model folder holds no validation max-TSS thresholds",
+                                path=saved.path,
+                                fix="pass --thresholds CSV (speciesId,threshold) or a number, "
+                                    "or save the model with save_trained(..., val=val)")
+        return table, saved_thr, "max-tss (validation, saved with the model)"
+    if isinstance(thresholds, Mapping):
+        return table, {int(k): float(v) for k, v in thresholds.items()}, "given"
+    if isinstance(thresholds, int | float):
+        return table, _unit_threshold(float(thresholds), "threshold"), "constant"
+    text = str(thresholds)
+    try:
+        value = float(text)
+    except ValueError:
+        return table, read_thresholds_csv(text, saved.species_ids), text
+    return table, _unit_threshold(value, "--thresholds"), "constant"
+
+
+def _unit_threshold(value: float, name: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise GeoplantError(f"{name} {value} is not a probability",
+                            fix="give a threshold in [0, 1], a CSV or max-tss")
+    return value
+
+
+def _read_csv(path: str | os.PathLike[str], columns: tuple[str, str], what: str) -> Any:
+    """A CSV with ``columns``, its ids checked as integers (one-line errors naming it)."""
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise GeoplantError(f"no such {what} file", path=path,
+                            fix=f"give a CSV with the columns {','.join(columns)}")
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, OSError, UnicodeDecodeError) as err:
+        raise GeoplantError(f"unreadable {what} CSV ({str(err).splitlines()[0]})", path=path,
+                            fix=f"give a CSV with the columns {','.join(columns)}") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise GeoplantError(f"{what} CSV lacks the column(s) {', '.join(missing)} (has "
+                            f"{', '.join(map(str, table.columns)) or 'none'})", path=path,
+                            fix=f"give a CSV with the columns {','.join(columns)}")
+    ids = pd.to_numeric(table[columns[0]], errors="coerce")
+    if ids.isna().any() or (ids % 1 != 0).any():
+        raise GeoplantError(f"{what} CSV has non-integer speciesId values", path=path)
+    if ids.duplicated().any():
+        dup = int(ids[ids.duplicated()].iloc[0])
+        raise GeoplantError(f"{what} CSV lists speciesId {dup} twice", path=path)
+    return table.assign(**{columns[0]: ids.astype(np.int64)})
+
+
+def _check_known(ids: np.ndarray, species_ids: np.ndarray, path: str | os.PathLike[str],
+                 what: str) -> None:
+    unknown = np.setdiff1d(ids, species_ids)
+    if len(unknown):
+        shown = ", ".join(str(int(v)) for v in unknown[:5])
+        raise GeoplantError(f"{what} CSV has {len(unknown)} unknown species id(s) ({shown}"
+                            f"{', ...' if len(unknown) > 5 else ''}): not species of the model",
+                            path=path, fix="list only the model's species (its species_ids)")
+
+
+def read_status_csv(path: str | os.PathLike[str], species_ids: Sequence[int] | np.ndarray
+                    ) -> Any:
+    """A status table ``speciesId,status`` for a model's species, as a Series id -> status.
+
+    A status table is a checklist, usually wider than a model's species (a synthetic world's
+    ``truth/status.csv`` lists species the store never recorded): ids beyond the model are
+    ignored, but a table naming none of the model's species is refused (wrong file or ids).
+    The model's species it does not list count as ``DD``.
+
+    Raises
+    ------
+    GeoplantError
+        Missing file or columns, unknown statuses, no id among ``species_ids``
+        (one line naming the file).
+    """
+    from geoplant.indicators import read_status_table
+
+    table = _read_csv(path, ("speciesId", "status"), "status")
+    ids = table["speciesId"].to_numpy()
+    if len(ids) and not np.isin(ids, np.asarray(species_ids)).any():
+        _check_known(ids, np.asarray(species_ids), path, "status")
+    try:
+        return read_status_table(table)
+    except GeoplantError as err:
+        raise GeoplantError(f"status CSV: {err.problem}", path=path, fix=err.fix) from None
+
+
+def read_thresholds_csv(path: str | os.PathLike[str], species_ids: Sequence[int] | np.ndarray
+                        ) -> dict[int, float]:
+    """Per-species thresholds from a CSV ``speciesId,threshold`` (species not listed get
+    none: their indicators are ``DD``).
+
+    Raises
+    ------
+    GeoplantError
+        Missing file or columns, thresholds outside [0, 1], ids not among ``species_ids``.
+    """
+    import pandas as pd
+
+    table = _read_csv(path, ("speciesId", "threshold"), "thresholds")
+    _check_known(table["speciesId"].to_numpy(), np.asarray(species_ids), path, "thresholds")
+    values = pd.to_numeric(table["threshold"], errors="coerce")
+    bad = values.isna() | (values < 0) | (values > 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise GeoplantError(f"thresholds CSV row {row + 2}: threshold "
+                            f"{table['threshold'].iloc[row]!r} is not a probability in [0, 1]",
+                            path=path)
+    return dict(zip(table["speciesId"].tolist(), values.astype(float).tolist(), strict=True))
+
+
+# ---------------------------------------------------------------------------------------------
 # the whole map
 
 
@@ -377,6 +533,8 @@ class MapResult:
         Wall time of the block computation.
     species
         Species with a COG and a PNG.
+    indicators
+        The indicators folder (``MAPS/indicators``), when they were asked for.
     """
 
     out: Path
@@ -386,6 +544,7 @@ class MapResult:
     valid_cells: int
     seconds: float
     species: list[int]
+    indicators: Path | None = None
 
     @property
     def cells_per_s(self) -> float:
@@ -504,7 +663,9 @@ def make_maps(model_dir: str | os.PathLike[str], store: Store | str | os.PathLik
               top: int | None = None, bbox: Sequence[float] | None = None,
               scheduler: str | None = None, workers: int | None = None, block: int = 256,
               species_chunk: int = 16, top_k: int = 10, overwrite: bool = False,
-              progress: bool = True, quicklooks: bool = True) -> MapResult:
+              progress: bool = True, quicklooks: bool = True,
+              status: str | os.PathLike[str] | None = None,
+              thresholds: Thresholds | None = None) -> MapResult:
     """Map every cell of the store's raster grid with a saved model (resumable).
 
     Parameters
@@ -537,6 +698,15 @@ def make_maps(model_dir: str | os.PathLike[str], store: Store | str | os.PathLik
         Show a progress bar.
     quicklooks
         Write the PNG quick-looks.
+    status
+        CSV ``speciesId,status`` (IUCN codes): after mapping, write the conservation
+        indicators (:func:`geoplant.indicators.write_indicators`) into ``out/indicators``.
+    thresholds
+        Per-species presence thresholds of the indicators: a CSV ``speciesId,threshold``,
+        ``"max-tss"`` (the validation max-TSS thresholds saved with the model), one number
+        for all species, or a mapping id -> threshold. Default: the saved max-TSS thresholds
+        when the model has them. Given without ``status``, only the per-species indicators
+        are written.
 
     Returns
     -------
@@ -545,14 +715,19 @@ def make_maps(model_dir: str | os.PathLike[str], store: Store | str | os.PathLik
     Raises
     ------
     GeoplantError
-        Missing model, store without rasters, unknown species, bad bbox, or an ``out`` started
-        with other settings.
+        Missing model, a model that cannot be mapped (a modality without wall-to-wall
+        rasters), store without rasters, unknown species, bad bbox, bad status or threshold
+        CSV, or an ``out`` started with other settings.
     """
     from geoplant.models.persist import load_model
     from geoplant.store import open_store
 
     saved = load_model(model_dir)
+    check = getattr(saved.model, "check_mappable", None)
+    if check is not None:  # a torch model: only wall-to-wall modalities have raster inputs
+        check()
     store = open_store(store)
+    indicator_inputs = _indicator_inputs(saved, status, thresholds)  # before hours of mapping
     grid = raster_grid(store, bbox=bbox)  # also: "no rasters"
     rasters = _rasters(store.path)
     sources = _feature_sources(saved.feature_names, list(rasters))
@@ -588,13 +763,22 @@ def make_maps(model_dir: str | os.PathLike[str], store: Store | str | os.PathLik
     maps = open_maps(out_path)
     valid_cells = int(np.isfinite(maps["richness"]).sum())
     _write_products(out_path, maps, store, chosen, quicklooks)
-    result = MapResult(out_path, len(blocks), len(todo), ny * nx, valid_cells, seconds, chosen)
+    indicators = None
+    if indicator_inputs is not None:
+        from geoplant.indicators import write_indicators
+
+        indicators = write_indicators(out_path, indicator_inputs[1], indicator_inputs[0],
+                                      store=store)
+    result = MapResult(out_path, len(blocks), len(todo), ny * nx, valid_cells, seconds, chosen,
+                       indicators)
     summary = {"model": str(model_dir), "store": store.path, "bbox": list(bbox) if bbox else None,
                "grid": {"shape": [ny, nx], "bounds": list(grid.bounds), "crs": grid.crs},
                "species_mapped": len(saved.species_ids), "species_products": chosen,
                "blocks_total": len(blocks), "blocks_computed": len(todo),
                "cells": ny * nx, "valid_cells": valid_cells, "valid_cells_this_run": valid,
-               "seconds": round(seconds, 3), "cells_per_s": round(result.cells_per_s, 1)}
+               "seconds": round(seconds, 3), "cells_per_s": round(result.cells_per_s, 1),
+               "indicators": str(indicators) if indicators is not None else None,
+               "thresholds": indicator_inputs[2] if indicator_inputs is not None else None}
     atomic_write_text(out_path / "map.json", json.dumps(summary, indent=1) + "\n")
     return result
 
@@ -773,7 +957,8 @@ def _quicklook(da: xr.DataArray, path: Path, title: str, *, cmap: str,
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``map`` command's options."""
-    parser.add_argument("model_dir", help="model folder (geoplant.models.persist.save_model)")
+    parser.add_argument("model_dir", help="model folder (geoplant.models.persist.save_trained; "
+                                          "geoplant run saves one into OUT/model)")
     parser.add_argument("--data", required=True, help="store whose rasters give the grid")
     parser.add_argument("--out", required=True, help="maps folder (resumable)")
     which = parser.add_mutually_exclusive_group()
@@ -791,6 +976,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="species per Zarr chunk and per prediction step (16)")
     parser.add_argument("--top-k", type=int, default=10,
                         help="likeliest species stored per cell (10)")
+    parser.add_argument("--status", metavar="CSV",
+                        help="speciesId,status (IUCN) table: write the conservation indicators "
+                             "into OUT/indicators after mapping")
+    parser.add_argument("--thresholds", metavar="CSV|max-tss|P",
+                        help="presence thresholds of the indicators: CSV speciesId,threshold, "
+                             "max-tss (validation, saved with the model; the default when "
+                             "saved) or one probability")
     parser.add_argument("--overwrite", action="store_true", help="start --out again")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -803,8 +995,11 @@ def run(args: argparse.Namespace) -> int:
     result = make_maps(args.model_dir, args.data, args.out, species=args.species, top=top,
                        bbox=args.bbox, scheduler=args.scheduler, workers=args.workers,
                        block=args.block, species_chunk=args.species_chunk, top_k=args.top_k,
-                       overwrite=args.overwrite, progress=not args.quiet)
+                       overwrite=args.overwrite, progress=not args.quiet,
+                       status=args.status, thresholds=args.thresholds)
     print(f"wrote maps to {result.out}: {result.cells:,} cells ({result.valid_cells:,} with "
           f"data), {result.blocks_computed}/{result.blocks_total} blocks computed in "
           f"{result.seconds:.1f} s; COGs for {len(result.species)} species")
+    if result.indicators is not None:
+        print(f"wrote indicators to {result.indicators}")
     return 0

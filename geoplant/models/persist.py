@@ -183,8 +183,9 @@ def _to_arrays(model: SavableModel, encoder_kwargs: Mapping[str, Mapping[str, An
         settings = {k: getattr(model, k) for k in _FREQUENCY_SETTINGS}
         settings["coord_columns"] = list(model.coord_columns)
         keys = sorted(model.table_)
+        width = 1 if model.group_column is not None else 2  # group id, or (cell x, cell y)
         arrays = {"prior_": model.prior_,
-                  "table_keys": np.array(keys, dtype=np.int64).reshape(len(keys), -1),
+                  "table_keys": np.array(keys, dtype=np.int64).reshape(len(keys), width),
                   "table_probs": np.array([model.table_[k] for k in keys], dtype=np.float64)
                   .reshape(len(keys), len(model.prior_))}
         return "FrequencyBaseline", settings, arrays, None, len(model.prior_)
