@@ -184,15 +184,14 @@ def _build_locked(raw: Any, store: Path, request: _Request, skips: Skips,
         raster_names = write_rasters(raw, store / "rasters.zarr", request.progress, skips) \
             if request.rasters else []
     with _timed(phases, "po_env"):
-        po_env = _po_env(raw, store, request, records, raster_names, skips)
+        po_env = _po_env(raw, store, request, records, raster_names, po_tables)
     if po_env.source == "rasters":  # in split order, like the others
         cube_modalities = {s: cube_modalities.get(s, ["env"]) for s in request.splits
                            if s in cube_modalities or s == "po_train"}
-    po_source = "tables" if po_tables else po_env.source
     with _timed(phases, "sources"):
         sources = source_entries(raw, request.splits, list(request.modalities or MODALITIES))
     counts, manifest = _describe(raw, store, request, records, cube_modalities, raster_names,
-                                 sources, skips, po_source)
+                                 sources, skips, po_env)
     if request.with_stats:
         with _timed(phases, "stats"):
             write_statistics(store)
@@ -204,11 +203,13 @@ def _build_locked(raw: Any, store: Path, request: _Request, skips: Skips,
 
 
 def _po_env(raw: Any, store: Path, request: _Request, records: Records,
-            raster_names: list[str], skips: Skips) -> PoEnvPlan:
+            raster_names: list[str], po_tables: bool) -> PoEnvPlan:
     """The PO env phase: sample the rasters at the PO surveys (when the release has no PO
     env tables); what it planned, once its tasks have run."""
+    if po_tables:  # read by the cubes phase
+        return PoEnvPlan(source="tables")
     plan = plan_po_env(raw, store, request.splits, request.modalities, records.survey_ids,
-                       raster_names, skips, request.block_surveys)
+                       raster_names, request.block_surveys)
     run_tasks(plan.tasks, request.scheduler, request.workers, "po_train env blocks",
               request.progress)
     return plan
@@ -217,13 +218,14 @@ def _po_env(raw: Any, store: Path, request: _Request, records: Records,
 def _describe(raw: Any, store: Path, request: _Request, records: Records,
               cube_modalities: dict[str, list[str]], raster_names: list[str],
               sources: list[dict[str, Any]], skips: Skips,
-              po_env_source: str | None) -> tuple[dict[str, int], dict[str, Any]]:
+              po_env: PoEnvPlan) -> tuple[dict[str, int], dict[str, Any]]:
     """Write the species table and the manifest; return the store's counts and manifest."""
     species = write_species(store, records.species_counts)
     counts = {**records.counts, "species": len(species), "rasters": len(raster_names)}
     manifest = make_manifest(raw.layout, str(Path(raw.root).absolute()), request.splits,
                              cube_modalities, request.block_surveys, counts, skips.items,
-                             raster_names, sources, request.with_stats, po_env_source)
+                             raster_names, sources, request.with_stats, po_env.source,
+                             po_env.without_raster)
     write_manifest(store, manifest)
     return counts, manifest
 

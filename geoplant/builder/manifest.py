@@ -102,12 +102,13 @@ def make_manifest(layout: str, raw_root: str, splits: list[str],
                   cube_modalities: dict[str, list[str]], block_surveys: int,
                   counts: dict[str, int], skipped: list[dict[str, Any]],
                   raster_names: list[str], sources: list[dict[str, Any]],
-                  stats_written: bool, po_env_source: str | None = None) -> dict[str, Any]:
+                  stats_written: bool, po_env_source: str | None = None,
+                  po_env_without_raster: Sequence[str] = ()) -> dict[str, Any]:
     """The store's ``manifest.json`` content (keys in the order they are written).
 
     ``po_env_source`` says where ``po_train``'s env cube came from: ``"tables"`` (the
     release's PO env tables), ``"rasters"`` (sampled at the PO surveys) or ``None`` (no PO
-    env cube).
+    env cube); ``po_env_without_raster`` the PO env columns left NaN, no raster holding them.
     """
     return {
         "format": "geoplant-store/1",
@@ -122,6 +123,7 @@ def make_manifest(layout: str, raw_root: str, splits: list[str],
         "skipped": {"total": len(skipped), "items": skipped},
         "rasters": raster_names,
         "po_env_source": po_env_source,
+        "po_env_columns_without_raster": list(po_env_without_raster),
         "normalization_stats": "stats.json" if stats_written else None,
         "sources": sources,
         "versions": _versions(),

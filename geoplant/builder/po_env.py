@@ -11,6 +11,8 @@ Two sources, chosen per release (the manifest's ``po_env_source``):
     this phase samples the store's rasters at each PO survey's lon/lat with
     :func:`geoplant.points.point_features` (nearest cell, nodata -> NaN, CRS handled), in the
     column order of the PA env cube, so a model fitted on PA env predicts PO sites and back.
+    A column no raster holds (its raster skipped as damaged) stays NaN, and the manifest lists
+    it (``po_env_columns_without_raster``); the damaged raster is the skipped item.
 
 Neither (the Kaggle competition files alone, or ``--no-rasters``): no PO cube, and the manifest
 says ``null``. A survey off every raster's grid keeps NaN values and ``valid_env`` false.
@@ -32,7 +34,6 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from geoplant.builder.cubes import ensure_template, write_env
-from geoplant.builder.skips import Skips
 from geoplant.builder.spec import ENV_FAMILIES, PO_ENV_BLOCKS
 from geoplant.errors import GeoplantError
 from geoplant.files import atomic_write_bytes
@@ -49,12 +50,13 @@ _PA: Final = "pa_train"
 
 @dataclass
 class PoEnvPlan:
-    """What the PO env phase will do: its tasks, the tasks an earlier run finished, and where
-    the values come from (``None``: no PO env cube)."""
+    """What the PO env phase will do: its tasks, the tasks an earlier run finished, where the
+    values come from (``None``: no PO env cube) and the columns left NaN (no raster)."""
 
     tasks: list[Any] = field(default_factory=list)
     resumed: int = 0
     source: PoEnvSource | None = None
+    without_raster: list[str] = field(default_factory=list)
 
 
 def _env_wanted(splits: Sequence[str], modalities: Sequence[str] | None) -> bool:
@@ -122,12 +124,12 @@ def survey_points(records: Path, survey_ids: np.ndarray) -> tuple[np.ndarray, np
 
 def plan_po_env(raw: Any, store: Path, splits: Sequence[str],
                 modalities: Sequence[str] | None, survey_ids: dict[str, np.ndarray],
-                raster_names: Sequence[str], skips: Skips, block_surveys: int) -> PoEnvPlan:
+                raster_names: Sequence[str], block_surveys: int) -> PoEnvPlan:
     """Plan the sampling of ``po_train``'s env from the store's rasters (if it applies).
 
     It applies when ``po_train`` and ``env`` are built, the release has no PO env tables
     (:func:`po_env_from_tables`), the store has rasters and the PA env has columns. A column
-    no raster holds stays NaN and is listed as a skipped item (fatal under ``--strict``).
+    no raster holds stays NaN (listed in the plan's ``without_raster``).
 
     Parameters
     ----------
@@ -141,8 +143,6 @@ def plan_po_env(raw: Any, store: Path, splits: Sequence[str],
         Per split, its sorted surveyIds.
     raster_names
         The rasters in the store.
-    skips
-        Where a column without a raster is listed.
     block_surveys
         Surveys per build block (the cube's chunk along ``surveyId``).
 
@@ -157,7 +157,7 @@ def plan_po_env(raw: Any, store: Path, splits: Sequence[str],
     columns = pa_env_columns(raw, store)
     if not columns:
         return PoEnvPlan()
-    sampled = _sampled_columns(columns, raster_names, skips)
+    sampled = _sampled_columns(columns, raster_names)
     ids = survey_ids[_PO]
     lon, lat = survey_points(store / "records" / f"{_PO}.parquet", ids)
     # what the values are made of: a rerun with other rasters redoes every block
@@ -165,13 +165,15 @@ def plan_po_env(raw: Any, store: Path, splits: Sequence[str],
     cube_path = ensure_template(store, _PO, ids, ["env"], columns, block_surveys, variant)
     done_dir = store / "_build" / _PO
     done_dir.mkdir(exist_ok=True)
-    return _tasks(store, cube_path, done_dir, (lon, lat), columns, sampled, raster_names,
+    plan = _tasks(store, cube_path, done_dir, (lon, lat), columns, sampled, raster_names,
                   block_surveys * PO_ENV_BLOCKS)
+    plan.without_raster = [c for c in columns if c not in {name for _, name in sampled}]
+    return plan
 
 
-def _sampled_columns(columns: Sequence[str], raster_names: Sequence[str],
-                     skips: Skips) -> list[tuple[int, str]]:
-    """``(position, column)`` of the columns some raster holds; the others are skipped."""
+def _sampled_columns(columns: Sequence[str],
+                     raster_names: Sequence[str]) -> list[tuple[int, str]]:
+    """``(position, column)`` of the columns some raster holds."""
     from geoplant.points import raster_columns
 
     sampled: list[tuple[int, str]] = []
@@ -179,9 +181,7 @@ def _sampled_columns(columns: Sequence[str], raster_names: Sequence[str],
         try:
             raster_columns([column], raster_names)
         except GeoplantError:
-            skips.add(_PO, "env", f"no raster for the env column {column!r}: NaN at every "
-                                  "PO survey")
-            continue
+            continue  # its raster is missing or damaged (that raster is the skipped item)
         sampled.append((j, column))
     return sampled
 
