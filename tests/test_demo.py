@@ -62,14 +62,14 @@ def test_demo_remakes_steps_whose_parameters_changed(tmp_path: Path,
     steps.take()
 
     rows = demo(tmp_path, seed=1, epochs=2, **quiet)  # another world: every step
-    assert steps.calls[0] == ("release", {"preset": "tiny", "seed": 1, "overwrite": True,
+    assert steps.calls[0] == ("release", {"preset": "demo", "seed": 1, "overwrite": True,
                                           "progress": False})
     assert steps.calls[1][1]["overwrite"] is True and steps.calls[2][1]["fresh"] is True
     steps.take()
     assert rows[0]["epochs"] == 2
     state = json.loads((tmp_path / STATE_FILE).read_text())
-    assert state["release"] == state["store"] == {"preset": "tiny", "seed": 1}
-    assert state["runs/env-nn"] == {"preset": "tiny", "seed": 1, "epochs": 2}
+    assert state["release"] == state["store"] == {"preset": "demo", "seed": 1}
+    assert state["runs/env-nn"] == {"preset": "demo", "seed": 1, "epochs": 2}
 
 
 def test_demo_resumes_an_interrupted_step(tmp_path: Path,
