@@ -62,6 +62,11 @@ def test_training_settings_are_notebook_parameters(notebook: str) -> None:
     ("landsat-nn", {"epochs": 1}),
     ("mme-multimodal", {"epochs": 1}),
     ("submission", {"epochs": 1, "modalities": ["landsat", "env"]}),
+    # one run per branch of 06_presence_only (po-maxent-target and po-env-maxent differ from
+    # these by a parameter: the target-group background and DeepMaxent loss have unit tests)
+    ("po-maxent-uniform", {"n_background": 500, "max_species": 3}),
+    ("po-env-an", {"po_epochs": 1}),
+    ("mme-po-pretrained", {"po_epochs": 1, "epochs": 1, "modalities": ["landsat", "env"]}),
 ])
 def test_baseline_notebooks_run_and_score(tiny_store: Path, tmp_path: Path, name: str,
                                           params: dict) -> None:
@@ -86,6 +91,12 @@ def test_baseline_notebooks_run_and_score(tiny_store: Path, tmp_path: Path, name
     assert 0 < metrics["test_samples_f1"] <= 1
     assert 0 < metrics["oracle_samples_f1"] <= 1
     assert metrics["decoder"] in ("top_k", "average_k", "threshold", "expected_f1")
+    if name.startswith("po-") or name == "mme-po-pretrained":  # saved, ready for geoplant map
+        assert (out / "model" / "model.json").is_file()
+        assert metrics["fraction_of_oracle_ci"][0] <= metrics["fraction_of_oracle"]
+    if name == "mme-po-pretrained":
+        assert metrics["weights_source"]["env"] == "pretrained:po_pretrained.pt"
+        assert (out / "po" / "po_pretrained.pt").is_file()
     if name == "submission":
         sub = pd.read_csv(out / "submission.csv")
         assert list(sub.columns) == ["surveyId", "predictions"]
