@@ -13,6 +13,8 @@ Layout of a store::
         climate         (surveyId, climate_variable, climate_year, month) float32 4x19x12
         env             (surveyId, env_variable)           float32
         valid_<modality> (surveyId,)                      bool: the survey's item was read
+    cubes/po_train.zarr              env only, in the PA env's columns: from the PO env tables,
+                                     else sampled from the rasters (manifest po_env_source)
     rasters.zarr/<name>              environmental rasters, spatially chunked, with CRS
     _build/                          markers of finished work (resume); removed when complete
     .geoplant-build.lock             held while a build writes the store (pid, host, start)
@@ -43,6 +45,9 @@ One module per concern, the public names re-exported here:
     with the same settings, marked complete.
 :mod:`geoplant.builder.records`, :mod:`geoplant.builder.cubes`, :mod:`geoplant.builder.rasters`
     The phases that read the release: GeoParquet records, per-survey cubes, rasters.
+:mod:`geoplant.builder.po_env`
+    The PO env cube: the PO env tables where the release has them, else the store's rasters
+    sampled at each PO survey (dask tasks, resumable like the cube blocks).
 :mod:`geoplant.builder.tasks`
     Running cube blocks on local threads or a dask.distributed cluster.
 :mod:`geoplant.builder.manifest`
