@@ -179,3 +179,22 @@ def test_fit_po_then_pa_fine_tuning_from_its_weights(raster_store: Path, tmp_pat
                      progress=False)
     with pytest.raises(GeoplantError, match="unknown PO loss"):
         po.fit_po(store, plan, loss="bce")
+
+
+def test_po_env_reads_the_po_cube_or_samples_the_rasters(raster_store: Path) -> None:
+    from dataclasses import replace
+
+    from geoplant.points import point_features
+
+    store = open_store(raster_store)
+    sites = po.po_sites(store)
+    some = replace(sites, survey_ids=sites.survey_ids[:300], lon=sites.lon[:300],
+                   lat=sites.lat[:300], labels=sites.labels[:300], n_surveys=sites.n_surveys[:300])
+    names = po._env_names(store)
+    sampled = np.asarray(point_features(store.rasters(), some.lon, some.lat, names), np.float32)
+    env = po.po_env(store, some)
+    assert env.shape == (300, len(names)) and env.dtype == np.float32
+    assert "env" in store.modalities("po_train")  # read from the cube the build sampled
+    np.testing.assert_array_equal(env, sampled)
+    # columns the cube lacks come from the rasters
+    np.testing.assert_array_equal(po.po_env(store, some, names[:3]), sampled[:, :3])
