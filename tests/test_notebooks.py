@@ -41,7 +41,8 @@ TRAIN_PARAMETERS = ("weights", "amp", "channels_last", "torch_compile", "grad_ac
                     "nproc", "fresh", "progress")
 
 
-@pytest.mark.parametrize("notebook", ["02_single_modality", "03_multimodal", "04_submission"])
+@pytest.mark.parametrize("notebook", ["02_single_modality", "03_multimodal", "04_submission",
+                                      "06_presence_only"])
 def test_training_settings_are_notebook_parameters(notebook: str) -> None:
     nb = nbformat.read(NOTEBOOKS / f"{notebook}.ipynb", as_version=4)
     tagged = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
