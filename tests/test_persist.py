@@ -289,3 +289,14 @@ def test_classic_save_trained_keeps_thresholds(method: str, raster_store: Path,
     X = ex.env_features(store, "pa_train", plan.val_ids)
     assert np.array_equal(saved.model.predict_proba(X), val.probs)
     assert len(_thresholds_of(folder)) == len(store.species)
+
+
+def test_loading_and_mapping_modules_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, geoplant.models, geoplant.models.persist, geoplant.maps; "
+            "from geoplant.models import EnvLogisticBaseline; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "geoplant.models.MultimodalSDM; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
