@@ -278,13 +278,15 @@ def train_config(job: TorchJob, plan: Plan) -> Any:
 
 
 def _init_settings(job: TorchJob) -> dict[str, Any]:
-    """What a resume must match about the initial weights: the ``init_from`` file and its
-    sha256 (none recorded without one, so older checkpoints still resume)."""
+    """What a resume must match about the initial weights: the ``init_from`` file and the
+    sha256 of the weights in it (none recorded without one, so older checkpoints still
+    resume)."""
     if job.init_from is None:
         return {}
-    from geoplant.files import sha256_file
+    from geoplant.presence_only import pretrained_digest
 
-    return {"init_from": str(job.init_from), "init_from_sha256": sha256_file(job.init_from)}
+    return {"init_from": str(job.init_from),
+            "init_from_sha256": pretrained_digest(job.init_from)}
 
 
 def _loader_kwargs(job: TorchJob, device: Any) -> dict[str, Any]:

@@ -54,6 +54,7 @@ __all__ = [
     "po_env",
     "po_sites",
     "pool_cells",
+    "pretrained_digest",
     "save_pretrained",
     "species_counts",
     "species_weights",
@@ -504,6 +505,38 @@ def save_pretrained(model: Any, path: str | os.PathLike[str]) -> Path:
     return atomic_write_with(Path(path), lambda tmp: torch.save(state, tmp))
 
 
+def _read_pretrained(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The dict :func:`save_pretrained` wrote (``weights_only``: no code runs)."""
+    import pickle
+
+    import torch
+
+    try:
+        saved = torch.load(Path(path), map_location="cpu", weights_only=True)
+        for key in ("state_dict", "modalities", "embed_dims"):
+            saved[key]
+    except (OSError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise GeoplantError(f"not a pretrained-weights file ({err})", path=path,
+                            fix="write one with geoplant.presence_only.save_pretrained") from None
+    return dict(saved)
+
+
+def pretrained_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of the weights in a :func:`save_pretrained` file (names, dtypes, shapes and
+    values, in name order), whatever the file's bytes: what a resume compares."""
+    import hashlib
+
+    import torch
+
+    saved = _read_pretrained(path)
+    digest = hashlib.sha256(repr(saved["modalities"]).encode())
+    for name in sorted(saved["state_dict"]):
+        t = saved["state_dict"][name].contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def load_pretrained(model: Any, path: str | os.PathLike[str], *, head: bool = True
                     ) -> dict[str, Any]:
     """Initialise ``model`` (a :class:`~geoplant.models.MultimodalSDM`) from a
@@ -522,16 +555,8 @@ def load_pretrained(model: Any, path: str | os.PathLike[str], *, head: bool = Tr
     GeoplantError
         The file is unreadable, or no encoder matches.
     """
-    import pickle
-
-    import torch
-
-    try:
-        saved = torch.load(Path(path), map_location="cpu", weights_only=True)
-        source, mods, dims = saved["state_dict"], saved["modalities"], saved["embed_dims"]
-    except (OSError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise GeoplantError(f"not a pretrained-weights file ({err})", path=path,
-                            fix="write one with geoplant.presence_only.save_pretrained") from None
+    saved = _read_pretrained(path)
+    source, mods, dims = saved["state_dict"], saved["modalities"], saved["embed_dims"]
     target = model.state_dict()
     update: dict[str, Any] = {}
     copied = []

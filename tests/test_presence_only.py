@@ -169,10 +169,18 @@ def test_fit_po_then_pa_fine_tuning_from_its_weights(raster_store: Path, tmp_pat
                                 progress=False)
     assert pa_val.info["init_from"] == str(weights)
     assert pa_val.info["weights_source"]["env"] == "pretrained:po.pt"
-    # resuming with other initial weights is refused (their sha256 is a checkpoint setting)
-    again = po.save_pretrained(result.model, tmp_path / "po2.pt")
+    # the digest is of the weights, not of the file's bytes or name
+    same = po.save_pretrained(result.model, tmp_path / "copy.pt")
+    assert po.pretrained_digest(same) == po.pretrained_digest(weights)
+    # resuming with other initial weights is refused (their digest is a checkpoint setting)
+    import torch
+
+    with torch.no_grad():
+        result.model.output.bias.add_(1.0)
+    po.save_pretrained(result.model, weights)
+    assert po.pretrained_digest(same) != po.pretrained_digest(weights)
     with pytest.raises(GeoplantError, match="other settings"):
-        ex.fit_torch(store, plan, ["env"], epochs=2, out_dir=out, init_from=again,
+        ex.fit_torch(store, plan, ["env"], epochs=2, out_dir=out, init_from=weights,
                      progress=False)
     with pytest.raises(GeoplantError, match="not found"):
         ex.fit_torch(store, plan, ["env"], epochs=1, init_from=tmp_path / "none.pt",
