@@ -66,6 +66,9 @@ EARTH_RADIUS_KM: Final = 6371.0088
 LOCATIONS: Final = ("mean", "first")
 #: The PO losses :func:`fit_po` trains with.
 DEEP_LOSSES: Final = ("po_an", "po_maxent", "po_maxent_uniform")
+#: PA training surveys (at most) whose logits :func:`fit_po` calibrates the intercepts on
+#: (10k x 11k species float32: 440 MB); the target prevalence uses all of them.
+CALIBRATION_SURVEYS: Final = 10_000
 #: Kinds of :func:`species_weights`.
 WEIGHTINGS: Final = ("uniform", "inverse", "inverse_sqrt")
 
@@ -266,7 +269,7 @@ def po_env(store: Store, sites: POSites, feature_names: Sequence[str] | None = N
 
 
 def match_prevalence(logits: np.ndarray, prevalence: Any, *, eps: float = 1e-4,
-                     iters: int = 60) -> np.ndarray:
+                     iters: int = 60, block: int = 256) -> np.ndarray:
     """Per-species offsets ``c`` with ``mean_i sigmoid(logits[i, s] + c[s]) = prevalence[s]``.
 
     The maximum-likelihood intercept of a logistic model whose slope is fixed (the score
@@ -279,16 +282,25 @@ def match_prevalence(logits: np.ndarray, prevalence: Any, *, eps: float = 1e-4,
         ``(n, n_species)`` (e.g. a PO model's outputs on PA training surveys).
     prevalence
         Target mean probability of each species ``(n_species,)``.
+    eps, iters, block
+        Clip of the prevalences; bisection steps; species per block.
 
     Returns
     -------
     numpy.ndarray
         float64 ``(n_species,)``.
     """
-    z = np.asarray(logits, np.float64)
+    logits = np.asarray(logits)
     target = np.clip(np.asarray(prevalence, np.float64).ravel(), eps, 1 - eps)
-    if z.ndim != 2 or z.shape[1] != len(target) or not len(z):
-        raise GeoplantError(f"logits {z.shape} do not match {len(target)} prevalences")
+    if logits.ndim != 2 or logits.shape[1] != len(target) or not len(logits):
+        raise GeoplantError(f"logits {logits.shape} do not match {len(target)} prevalences")
+    # blocks of species: the float64 temporaries stay ~block x n_surveys
+    return np.concatenate([_match_block(logits[:, a:a + block], target[a:a + block], iters)
+                           for a in range(0, len(target), block)])
+
+
+def _match_block(logits: np.ndarray, target: np.ndarray, iters: int) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
     z = np.where(np.isfinite(z), z, 0.0)
     logit_t = np.log(target) - np.log1p(-target)
     # the offset lies between the target logit minus the largest and minus the smallest
@@ -315,7 +327,7 @@ def _pa_dataset(store: Store, split: str, ids: np.ndarray, stats: Mapping[str, A
 
 
 def _logits(model: Any, loader: Any) -> np.ndarray:
-    """Raw logits of ``model`` over ``loader`` (CPU float64)."""
+    """Raw logits of ``model`` over ``loader`` (CPU float32)."""
     import torch
 
     from geoplant.train import select_device
@@ -327,7 +339,7 @@ def _logits(model: Any, loader: Any) -> np.ndarray:
     with torch.no_grad():
         for batch in loader:
             out.append(model(to_device(batch, device)).float().cpu())
-    return torch.cat(out).numpy().astype(np.float64)
+    return torch.cat(out).numpy()
 
 
 def calibrate_intercepts(model: Any, loader: Any, prevalence: Any) -> np.ndarray:
@@ -471,8 +483,12 @@ def fit_po(store: Store, plan: Plan, *, loss: str = "po_maxent", cell_km: float 
     result = fit(model, _po_loader(data, batch_size, seed),
                  val_ds.loader(batch_size, shuffle=False), config)
     offsets = None
-    if calibrate:
-        train_ds = _pa_dataset(store, "pa_train", plan.train_ids, stats)
+    if calibrate:  # on at most CALIBRATION_SURVEYS of them: logits of all would not fit
+        ids = plan.train_ids
+        if len(ids) > CALIBRATION_SURVEYS:
+            ids = np.sort(np.random.default_rng(seed).choice(ids, CALIBRATION_SURVEYS,
+                                                             replace=False))
+        train_ds = _pa_dataset(store, "pa_train", ids, stats)
         offsets = calibrate_intercepts(result.model, train_ds.loader(512, shuffle=False),
                                        ex._frequency(store, plan.train_ids))
     val_ids, val_probs = predict(result.model, val_ds.loader(512, shuffle=False),

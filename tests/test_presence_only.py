@@ -206,3 +206,11 @@ def test_po_env_reads_the_po_cube_or_samples_the_rasters(raster_store: Path) -> 
     np.testing.assert_array_equal(env, sampled)
     # columns the cube lacks come from the rasters
     np.testing.assert_array_equal(po.po_env(store, some, names[:3]), sampled[:, :3])
+
+
+def test_match_prevalence_in_species_blocks_is_the_same() -> None:
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(200, 7)).astype(np.float32)
+    target = rng.uniform(0.01, 0.6, 7)
+    np.testing.assert_allclose(po.match_prevalence(logits, target, block=2),
+                               po.match_prevalence(logits, target), atol=1e-9)
