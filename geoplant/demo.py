@@ -40,7 +40,8 @@ DEMO_PRESETS = ("demo", "tiny", "small")
 
 #: Baselines the demo runs, in order (each a baselines/<name>.yaml).
 DEMO_BASELINES = ("naive-frequency", "env-logistic", "env-nn", "climate-nn", "landsat-nn",
-                  "sentinel2-nn", "mme-multimodal")
+                  "sentinel2-nn", "mme-multimodal", "po-maxent-uniform", "po-maxent-target",
+                  "po-env-an", "po-env-maxent", "mme-po-pretrained")
 
 
 def demo(out: str | Path = "demo", *, preset: str = DEFAULT_PRESET, seed: int = 0,

@@ -72,6 +72,11 @@ CALIBRATION_SURVEYS: Final = 10_000
 #: Kinds of :func:`species_weights`.
 WEIGHTINGS: Final = ("uniform", "inverse", "inverse_sqrt")
 
+#: A classic MaxEnt predictor set (few, little correlated): annual temperature, its
+#: seasonality, annual precipitation, elevation, soil pH and sand, human footprint.
+MAXENT_FEATURES: Final = ("Bio1", "Bio4", "Bio12", "Elevation", "Soilgrid-phh2o",
+                          "Soilgrid-sand", "HumanFootprint-HFP2009")
+
 
 @dataclass(frozen=True)
 class POSites:
@@ -615,21 +620,36 @@ def load_pretrained(model: Any, path: str | os.PathLike[str], *, head: bool = Tr
 
 
 def fit_maxent(store: Store, plan: Plan, *, background: str = "target-group",
+               features: Sequence[str] | None = None,
                **kwargs: Any) -> tuple[Predictions, Predictions, Any]:
     """:class:`~geoplant.models.maxent.MaxentPO` fitted on the PO records, predicting the
     plan's PA validation and test surveys from their env cube rows.
 
-    ``kwargs`` go to ``MaxentPO`` (``n_background``, ``min_records``, ``max_species``...).
+    ``features`` are env-cube column names (None: every column; MaxEnt users pick a few,
+    e.g. :data:`MAXENT_FEATURES`); ``kwargs`` go to ``MaxentPO`` (``n_background``,
+    ``min_records``, ``max_species``...).
+
+    Raises
+    ------
+    GeoplantError
+        A feature that is no env-cube column.
     """
     from geoplant import experiment as ex
     from geoplant.models.maxent import MaxentPO
 
+    columns = [str(v) for v in store.cube("pa_train")["env_variable"].values]
+    names = list(features) if features is not None else columns
+    unknown = [f for f in names if f not in columns]
+    if unknown:
+        raise GeoplantError(f"unknown MaxEnt features {unknown}", path=store.path,
+                            fix=f"use env columns of the store: {', '.join(columns)}")
     model = MaxentPO(background=background, **kwargs)  # type: ignore[arg-type]
-    model.fit_store(store)
+    model.fit_store(store, names)
     species = store.species["speciesId"].to_numpy(np.int64)
-    # env_features puts lon, lat first: MaxentPO takes the env columns only
-    x_val = ex.env_features(store, "pa_train", plan.val_ids)[:, 2:]
-    x_test = ex.env_features(store, plan.test_split, plan.test_ids)[:, 2:]
+    # env_features puts lon, lat first: MaxentPO takes its env columns only
+    cols = [2 + columns.index(f) for f in names]
+    x_val = ex.env_features(store, "pa_train", plan.val_ids)[:, cols]
+    x_test = ex.env_features(store, plan.test_split, plan.test_ids)[:, cols]
     info = {"device": "cpu", "world_size": 1, "background": background,
             "fitted_species": len(model.fitted_species_)}
     val = ex.Predictions(plan.val_ids, model.predict_proba(x_val), species,

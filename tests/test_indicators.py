@@ -20,6 +20,7 @@ from geoplant.indicators import (
     max_tss_threshold,
     write_indicators,
 )
+from geoplant.synthetic.world import PRESETS
 
 
 def test_aoo_counts_2km_cells() -> None:
@@ -105,8 +106,10 @@ def test_write_indicators(env_model_dir: Path, raster_store: Path, glc24_tiny: P
     make_maps(env_model_dir, raster_store, maps, bbox=(0, 44, 12, 52), top=0,
               progress=False, quicklooks=False)
     status = synthetic_status_table(glc24_tiny)
-    assert status["status"].value_counts().to_dict() == {"LC": 60, "VU": 15, "EN": 10,
-                                                         "NT": 10, "CR": 5}
+    n = len(status)  # the world's species, rarest first: 5% CR, 10% EN, 15% VU, 10% NT
+    assert n == PRESETS["tiny"].n_species
+    assert status["status"].value_counts().to_dict() == {
+        "LC": 0.6 * n, "VU": 0.15 * n, "EN": 0.1 * n, "NT": 0.1 * n, "CR": 0.05 * n}
     assert status.equals(synthetic_status_table(glc24_tiny))  # deterministic
     csv = tmp_path / "status.csv"
     status.to_csv(csv, index=False)

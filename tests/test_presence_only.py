@@ -214,3 +214,19 @@ def test_match_prevalence_in_species_blocks_is_the_same() -> None:
     target = rng.uniform(0.01, 0.6, 7)
     np.testing.assert_allclose(po.match_prevalence(logits, target, block=2),
                                po.match_prevalence(logits, target), atol=1e-9)
+
+
+def test_fit_maxent_on_a_feature_subset_and_unknown_features(raster_store: Path) -> None:
+    store = open_store(raster_store)
+    plan = ex.make_plan(store)
+    features = list(po.MAXENT_FEATURES[:3])
+    val, test, model = po.fit_maxent(store, plan, background="target-group", features=features,
+                                     n_background=300, max_species=2)
+    assert model.feature_names_ == features and len(model.fitted_species_) == 2
+    assert val.probs.shape == (len(plan.val_ids), len(store.species))
+    # the test surveys' predictions are the model's on their env columns, in its order
+    env = store.cube(plan.test_split)["env"].sel(surveyId=plan.test_ids,
+                                                 env_variable=features).values
+    assert np.allclose(test.probs, model.predict_proba(env))
+    with pytest.raises(GeoplantError, match="unknown MaxEnt features"):
+        po.fit_maxent(store, plan, features=["Bio1", "NoSuchColumn"])

@@ -10,6 +10,7 @@ import pytest
 
 from geoplant import layouts
 from geoplant.raw import RawRelease
+from geoplant.synthetic.world import PRESETS
 
 
 @pytest.mark.parametrize("layout", layouts.LAYOUTS)
@@ -18,7 +19,7 @@ def test_every_split_reads_and_is_consistent(request: pytest.FixtureRequest, lay
     with RawRelease(root) as raw:
         assert raw.layout == layout  # detected from the files
         po = raw.read_metadata("po_train")
-        assert len(po) == 10_000 and po["speciesId"].dtype == np.int32
+        assert len(po) == PRESETS["tiny"].n_po_rows and po["speciesId"].dtype == np.int32
         for split in layouts.SPLITS[layout][1:]:
             report = raw.check_consistency(split)
             assert report.ok, report.summary()

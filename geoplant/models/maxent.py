@@ -122,6 +122,10 @@ class MaxentPO:
         Hinge knots per variable.
     categorical
         Feature names treated as categorical (one-hot; default: ``LandCover``).
+    tolerance
+        Stopping tolerance of elapid's liblinear solver. elapid's default (2e-6) took 4.7 s
+        for each of the 5 most recorded species of the demo world (7 features); 3e-5 took
+        0.9 s, its predictions correlating >= 0.993 with the tighter fit's.
     seed
         Seed of the background draw and of elapid.
 
@@ -141,12 +145,16 @@ class MaxentPO:
                  min_records: int = 20, max_species: int | None = None,
                  feature_types: Sequence[str] = ("linear", "quadratic", "hinge"),
                  beta_multiplier: float = 1.5, n_hinge_features: int = 10,
-                 categorical: Sequence[str] = ("LandCover",), seed: int = 0) -> None:
+                 categorical: Sequence[str] = ("LandCover",), tolerance: float = 3e-5,
+                 seed: int = 0) -> None:
         if background not in BACKGROUNDS:
             raise GeoplantError(f"unknown background {background!r}",
                                 fix=f"use one of {BACKGROUNDS}")
         if n_background < 1:
             raise GeoplantError(f"n_background must be >= 1, got {n_background}")
+        if not tolerance > 0:
+            raise GeoplantError(f"tolerance must be > 0, got {tolerance}")
+        self.tolerance = float(tolerance)
         self.background = background
         self.n_background = int(n_background)
         self.min_records = int(min_records)
@@ -258,7 +266,8 @@ class MaxentPO:
         model = MaxentModel(feature_types=self.feature_types, transform="cloglog",
                             beta_multiplier=self.beta_multiplier,
                             n_hinge_features=self.n_hinge_features, n_cpus=1,
-                            use_sklearn=True, random_state=self.seed)
+                            use_sklearn=True, convergence_tolerance=self.tolerance,
+                            random_state=self.seed)
         x = np.vstack([presences, background])
         y = np.r_[np.ones(len(presences)), np.zeros(len(background))]
         model.fit(x, y, categorical=categorical or None)
@@ -308,7 +317,7 @@ class MaxentPO:
             "min_records": self.min_records, "max_species": self.max_species,
             "feature_types": self.feature_types, "beta_multiplier": self.beta_multiplier,
             "n_hinge_features": self.n_hinge_features, "categorical": self.categorical,
-            "seed": self.seed}
+            "tolerance": self.tolerance, "seed": self.seed}
         arrays: dict[str, np.ndarray] = {
             "maxent.fill_": self.fill_, "maxent.prior_": np.asarray(self.prior_, np.float64),
             "maxent.fitted_species_": np.asarray(self.fitted_species_, np.int64),
