@@ -258,6 +258,11 @@ def species_indicators(maps: xr.Dataset, threshold: float | Mapping[int, float],
         ``records_category``.
     """
     ids = np.asarray(species if species is not None else maps["species"].values, dtype=np.int64)
+    unmapped = np.setdiff1d(ids, maps["species"].values)
+    if len(unmapped):
+        raise GeoplantError(f"{len(unmapped)} requested species are not in the maps (e.g. "
+                            f"{unmapped[:5].tolist()})",
+                            fix="ask for species of the mapped model (maps['species'])")
     thresholds = _thresholds(ids, threshold)
     records = _all_records(store) if store is not None else None
     rows = []

@@ -11,6 +11,7 @@ import rioxarray  # noqa: F401
 import xarray as xr
 from pyproj import Transformer
 
+from geoplant.errors import GeoplantError
 from geoplant.indicators import (
     area_of_occupancy,
     assemblage_indicators,
@@ -20,6 +21,7 @@ from geoplant.indicators import (
     max_tss_threshold,
     write_indicators,
 )
+from geoplant.maps import open_maps
 from geoplant.synthetic.world import PRESETS
 
 
@@ -113,7 +115,10 @@ def test_write_indicators(env_model_dir: Path, raster_store: Path, glc24_tiny: P
     assert status.equals(synthetic_status_table(glc24_tiny))  # deterministic
     csv = tmp_path / "status.csv"
     status.to_csv(csv, index=False)
-    species = [int(s) for s in status["speciesId"][:3]]
+    mapped = set(open_maps(maps)["species"].values.tolist())
+    species = [int(s) for s in status["speciesId"] if s in mapped][:3]
+    with pytest.raises(GeoplantError, match="not in the maps"):
+        write_indicators(maps, 0.3, csv, species=[*species, -7])
     folder = write_indicators(maps, 0.3, csv, store=open_store(raster_store), species=species)
     table = pd.read_csv(folder / "species_indicators.csv")
     assert table["speciesId"].tolist() == species
