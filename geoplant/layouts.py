@@ -189,7 +189,10 @@ _TEMPLATES: Final[dict[LayoutName, dict[str, str]]] = {
     },
 }
 
-#: Which families each split has (PO predictors exist only on Seafile, not synthesised).
+#: Which families each split has. PO predictors exist only on Seafile (glc24: none here); the
+#: G26 PO split has env tables and the Landsat and bioclimatic cubes
+#: (``TimeSeries/{Landsat,Bioclim}/cubes/PO-train-*.zip``, names per the G26 manifest), but no
+#: value tables or patches here.
 _PA_FAMILIES: Final = (
     "env.bioclimatic", "env.elevation", "env.human_footprint", "env.landcover", "env.soilgrids",
     "climate.values", "landsat.values", "climate.cube", "landsat.cube",
@@ -201,7 +204,11 @@ _AVAILABLE: Final[dict[LayoutName, dict[str, tuple[str, ...]]]] = {
         "pa_test": ("metadata.pa", *_PA_FAMILIES, "s2.rgb", "s2.nir"),
     },
     "geoplant": {
-        "po_train": ("metadata.po", *[f for f in _PA_FAMILIES if f.startswith("env.")]),
+        # The PO cubes' inner names follow the PA pattern with the PO prefix
+        # (``PO-train-landsat_time_series/<sid>_cube.pt``): unverified, as the PA ones are;
+        # readers match members by survey id (:func:`member_rule`).
+        "po_train": ("metadata.po", *[f for f in _PA_FAMILIES if f.startswith("env.")],
+                     "climate.cube", "landsat.cube"),
         "pa_train": ("metadata.pa", *_PA_FAMILIES, "s2.rgb", "s2.nir", "s2.tiff"),
         "pa_test_iid": ("metadata.pa", *_PA_FAMILIES, "s2.rgb", "s2.nir", "s2.tiff"),
         "pa_test_ood": ("metadata.pa", *_PA_FAMILIES, "s2.tiff"),

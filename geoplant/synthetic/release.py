@@ -67,6 +67,9 @@ from geoplant.synthetic.world import (
 BLOCK: Final = 1_000
 #: Surveys per PO generation chunk.
 PO_CHUNK: Final = 100_000
+#: Every how many-th PO survey (of each chunk) has Landsat and bioclimatic cubes (geoplant
+#: layout only; see ``_ReleaseWriter._write_po_cubes``).
+PO_CUBE_EVERY: Final = 1
 _ZIP_TIME: Final = (1980, 1, 1, 0, 0, 0)
 
 #: Stand-in for the v2 human footprint (geoplant layout): a 30 m OpenStreetMap-derived product
@@ -596,8 +599,31 @@ class _ReleaseWriter:
                     if f"env.{family}" in fams:
                         self.sink.csv(location(layout, f"env.{family}", "po_train")).append(
                             _frame(survey_ids[sl], _env_columns(layout, family), values))
+            if "landsat.cube" in fams:  # geoplant layout: PO time-series cubes too
+                self._write_po_cubes(c, sites, survey_ids[sl], year)
         self.counts["po_train_rows"] = int(preset.n_po_rows)
         self.counts["po_train_surveys"] = int(n_surveys)
+
+    def _write_po_cubes(self, chunk: int, sites: Sites, survey_ids: np.ndarray,
+                        year: np.ndarray) -> None:
+        """Landsat and bioclimatic cubes of one PO chunk's surveys, as a PA site's.
+
+        Only every :data:`PO_CUBE_EVERY`-th survey of the chunk (positions 0, k, 2k, ...) gets
+        cubes, as the real release may lack some; the others have none. The cubes come from
+        their own generator (``"po-cubes"``, chunk), so every other file is as without them,
+        and are rendered :data:`BLOCK` sites at a time (memory bounded per block).
+        """
+        rng = self.world.rng("po-cubes", chunk)
+        keep = np.arange(0, len(survey_ids), PO_CUBE_EVERY)
+        for start in range(0, len(keep), BLOCK):
+            idx = keep[start : start + BLOCK]
+            block = sites.take(idx)
+            climate = render.climate_series(rng, block, self.year_anomaly)
+            landsat = render.landsat_series(rng, block, year[idx])
+            for i, survey in enumerate(survey_ids[idx]):
+                for family, cube in (("climate.cube", climate[i]), ("landsat.cube", landsat[i])):
+                    self.sink.write_tensor(
+                        location(self.layout, family, "po_train", survey_id=survey), cube)
 
     def _record_pa_species(self, sites: Sites, site_of: np.ndarray, species: np.ndarray,
                            recorded: np.ndarray) -> None:
