@@ -22,7 +22,12 @@ from geoplant.builder.manifest import (
     write_statistics,
 )
 from geoplant.builder.output import check_out, clear_out, finish, prepare_store
-from geoplant.builder.po_env import PoEnvPlan, plan_po_env, po_env_from_tables
+from geoplant.builder.po_env import (
+    PoEnvPlan,
+    plan_po_env,
+    po_cube_modalities,
+    po_env_from_tables,
+)
 from geoplant.builder.rasters import write_rasters
 from geoplant.builder.records import Records, build_records
 from geoplant.builder.skips import Skips
@@ -168,11 +173,13 @@ def _build_locked(raw: Any, store: Path, request: _Request, skips: Skips,
                   started: float) -> BuildSummary:
     """Every phase of :func:`build`, once the store is locked and prepared."""
     records = build_records(raw, store, request.splits, skips, request.progress)
-    # PO records have no per-survey files: a PO cube only holds env, from the PO env tables
-    # (read here like the PA ones) or sampled from the rasters (the po_env phase)
+    # A PO cube holds env, from the PO env tables (read here like the PA ones) or sampled from
+    # the rasters (the po_env phase), and the PO time-series cubes where the release has them
     po_tables = po_env_from_tables(raw, request.splits, request.modalities)
-    cube_modalities = {s: split_modalities(raw, s, request.modalities)
-                       for s in request.splits if s != "po_train" or po_tables}
+    po_modalities = po_cube_modalities(raw, request.splits, request.modalities, po_tables)
+    cube_modalities = {s: po_modalities if s == "po_train"
+                       else split_modalities(raw, s, request.modalities)
+                       for s in request.splits if s != "po_train" or po_modalities}
     tasks, resumed = plan_cubes(raw, store, cube_modalities, records.survey_ids, skips,
                                 request.block_surveys)
     phases = {"records": time.perf_counter() - started}  # planning the cubes counts here

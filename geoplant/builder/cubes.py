@@ -1,5 +1,6 @@
 """Cubes: the per-survey modalities of each PA split in ``cubes/<split>.zarr`` (Zarr v3), and
-``po_train``'s env where the release has PO env tables (:mod:`geoplant.builder.po_env`).
+``po_train``'s env where the release has PO env tables and its Landsat and climate cubes where
+it has PO cube archives (:func:`geoplant.builder.po_env.po_cube_modalities`).
 
 A split's cube is first written empty (the template), then filled block by block
 (:data:`~geoplant.builder.spec.BLOCK_SURVEYS` surveys, a whole number of chunks along

@@ -1,5 +1,8 @@
 """PO env: the ``env`` cube of ``po_train`` (``cubes/po_train.zarr``), so that presence-only
-records can feed the same models as the PA surveys.
+records can feed the same models as the PA surveys. Where the release also ships PO Landsat and
+bioclimatic cubes (G26), the cubes phase reads them into the same cube, block by block as the
+PA splits' (:func:`po_cube_modalities`); a PO survey without a cube keeps NaN and
+``valid_<modality>`` false.
 
 Two sources, chosen per release (the manifest's ``po_env_source``):
 
@@ -34,12 +37,12 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from geoplant.builder.cubes import ensure_template, write_env
-from geoplant.builder.spec import ENV_FAMILIES, PO_ENV_BLOCKS
+from geoplant.builder.spec import ENV_FAMILIES, MODALITIES, PO_ENV_BLOCKS
 from geoplant.errors import GeoplantError
 from geoplant.files import atomic_write_bytes
 
-__all__ = ["PoEnvPlan", "PoEnvSource", "pa_env_columns", "plan_po_env", "po_env_from_tables",
-           "survey_points"]
+__all__ = ["PoEnvPlan", "PoEnvSource", "pa_env_columns", "plan_po_env", "po_cube_modalities",
+           "po_env_from_tables", "survey_points"]
 
 PoEnvSource = Literal["tables", "rasters"]
 
@@ -74,6 +77,33 @@ def po_env_from_tables(raw: Any, splits: Sequence[str],
         return False
     families = [f for f in raw.families(_PO) if f.startswith("env.")]
     return bool(families) and all(raw.exists(raw.location(f, _PO)) for f in families)
+
+
+def po_cube_modalities(raw: Any, splits: Sequence[str], modalities: Sequence[str] | None,
+                       po_tables: bool) -> list[str]:
+    """The modalities of ``po_train``'s cube read by the cubes phase (empty: none there).
+
+    ``env`` when it comes from the PO env tables (``po_tables``), and each per-survey
+    modality (the G26 Landsat and bioclimatic cubes) whose archive or folder is on disk: a
+    release without them has no such PO modality rather than one skipped item per survey.
+    Not where the PO env is sampled from the rasters: that phase writes the cube itself.
+
+    Parameters
+    ----------
+    raw
+        The :class:`geoplant.raw.RawRelease` built.
+    splits, modalities
+        What the build was asked for.
+    po_tables
+        Whether the PO env comes from the tables (:func:`po_env_from_tables`).
+    """
+    from geoplant.builder.spec import split_modalities
+
+    if _PO not in splits or (_env_wanted(splits, modalities) and not po_tables):
+        return []
+    return [m for m in split_modalities(raw, _PO, modalities)
+            if (po_tables if m == "env"
+                else bool(raw.source_paths([_PO], [MODALITIES[m]["family"]])))]
 
 
 def pa_env_columns(raw: Any, store: Path) -> list[str]:
