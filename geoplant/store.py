@@ -117,8 +117,9 @@ class Store:
         """Modalities stored in a split's cube, e.g. ``["sentinel2", "landsat", ...]``.
 
         Empty for a split without a cube or unknown to the store. ``po_train`` has a cube
-        (``["env"]``) only where the build found PO env values (see the manifest's
-        ``po_env_source``).
+        only where the build found PO predictors: ``env`` (PO tables, or the rasters sampled
+        at PO surveys; the manifest's ``po_env_source``) and, where the release ships PO
+        time series (GeoPlant 2026), ``landsat`` and ``climate``.
         """
         return list(self.manifest.get("modalities", {}).get(split, []))
 
@@ -138,8 +139,9 @@ class Store:
         return "speciesId" in schema.names
 
     def has_cube(self, split: str) -> bool:
-        """Whether the split has a cube: every PA split; ``po_train`` only with PO env values
-        (from the release's PO tables or sampled from the rasters at build time)."""
+        """Whether the split has a cube: every PA split; ``po_train`` only with PO predictors
+        (env from the release's PO tables or sampled from the rasters at build time, PO
+        time-series cubes where the release has them)."""
         return split in self.splits and (split != "po_train"
                                          or split in self.manifest.get("modalities", {}))
 
