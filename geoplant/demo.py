@@ -208,7 +208,8 @@ def map_summary(metrics: dict[str, Any], folder: Path) -> str:
     lo, hi = metrics.get("map_spearman_mean_ci", (float("nan"), float("nan")))
     return (f"maps ({metrics.get('model', 'model')}, {metrics.get('valid_cells', 0):,} cells) vs "
             f"the true maps: Spearman {metrics['map_spearman_mean']:.3f} [{lo:.3f}, {hi:.3f}] "
-            f"(mean over {metrics.get('map_n_species', '?')} species, 95% CI), richness "
+            f"(mean over the {metrics.get('map_n_species_ranked', '?')} of "
+            f"{metrics.get('map_n_species', '?')} species whose map varies, 95% CI), richness "
             f"Pearson {metrics.get('map_richness_pearson', float('nan')):.3f}; "
             f"{folder / 'maps'}")
 

@@ -317,7 +317,8 @@ def _run_maps(args: argparse.Namespace) -> int:
                          allow_nan=False))
         return 0
     print(f"{args.submission} vs {truth / 'maps'} ({scores['n_species']} species, "
-          f"{scores['n_cells']:,} cells)")
+          f"{scores['n_cells']:,} cells; Spearman over the {scores['n_species_ranked']} whose "
+          f"map varies)")
     lo, hi = scores["spearman_mean_ci"]
     print(f"  {'Spearman, mean [95% CI] (median)':<34}{scores['spearman_mean']:.3f} "
           f"[{lo:.3f}, {hi:.3f}] ({scores['spearman_median']:.3f})")

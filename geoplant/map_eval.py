@@ -83,7 +83,10 @@ def score_maps(maps_dir: str | os.PathLike[str], truth_dir: str | os.PathLike[st
         ``species`` (DataFrame: ``speciesId``, ``spearman``, ``auc``, ``true_mean``,
         ``predicted_mean``), ``spearman_mean`` (and ``spearman_mean_ci``, a 95% bootstrap
         interval over species), ``spearman_median``, ``auc_mean`` (``auc_mean_ci``),
-        ``richness_pearson``, ``richness_spearman``, ``n_species``, ``n_cells``.
+        ``richness_pearson``, ``richness_spearman``, ``n_species``, ``n_cells`` and
+        ``n_species_ranked``: the species whose predicted (and true) map varies, over which
+        the Spearman mean runs (a constant map, e.g. of a species the training data never
+        recorded, ranks nothing: its Spearman is NaN).
 
     Raises
     ------
@@ -127,6 +130,7 @@ def score_maps(maps_dir: str | os.PathLike[str], truth_dir: str | os.PathLike[st
     return {
         "species": table,
         "n_species": len(common), "n_cells": len(cells),
+        "n_species_ranked": int(np.isfinite(table["spearman"].to_numpy(np.float64)).sum()),
         "spearman_mean": float(table["spearman"].mean()),
         "spearman_mean_ci": _bootstrap_mean(table["spearman"].to_numpy(np.float64), seed=seed),
         "spearman_median": float(table["spearman"].median()),

@@ -102,6 +102,7 @@ def test_demo_compares_paired_runs_and_scores_the_maps(tmp_path: Path,
         if name == "maps":
             metrics = {"model": "env-logistic", "valid_cells": 1234, "map_spearman_mean": 0.61,
                        "map_spearman_mean_ci": [0.55, 0.66], "map_n_species": 40,
+                       "map_n_species_ranked": 30,
                        "map_richness_pearson": 0.7}
         else:  # the same surveys, one model better by 0.03 on each, one equal but noisier
             f1 = np.clip(base + shift[name] + (rng.normal(0, 0.2, 400) if name == "po-env-maxent"
@@ -117,5 +118,5 @@ def test_demo_compares_paired_runs_and_scores_the_maps(tmp_path: Path,
     assert "mme-po-pretrained is better" in out
     assert "po-env-maxent - env-nn" in out and "no difference the interval allows" in out
     assert "po-maxent-target" not in out  # pairs that did not run are not compared
-    assert "Spearman 0.610 [0.550, 0.660] (mean over 40 species" in out
+    assert "Spearman 0.610 [0.550, 0.660] (mean over the 30 of 40 species whose map" in out
     assert [n for n, _ in steps.calls][-1] == "run maps"

@@ -149,7 +149,7 @@ def test_truth_agreement(maps_dir: Path, glc24_tiny: Path, tmp_path: Path) -> No
     species = [int(s) for s in open_maps(maps_dir)["species"].values[:20]]
     truth = write_truth_maps(glc24_tiny, species, out=tmp_path / "truth", draws=8)
     scores = score_maps(maps_dir, truth, max_cells=20_000)
-    assert scores["n_species"] == 20
+    assert scores["n_species"] == 20 and 0 < scores["n_species_ranked"] <= 20
     assert scores["spearman_mean"] > 0.35
     assert scores["auc_mean"] > 0.58
     assert scores["richness_pearson"] > 0.25
