@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _synthetic import synthetic_release_and_store
 
 from geoplant.points import DEFAULT_BLOCK, iter_extract
 from geoplant.store import open_store
@@ -34,16 +35,7 @@ def _peak_rss_mib() -> float:
 def _store(args: argparse.Namespace) -> Path:
     if args.store:
         return Path(args.store)
-    from geoplant.builder import build
-    from geoplant.synthetic.release import write_release
-
-    work = Path(args.work)
-    raw, store = work / "raw", work / "store"
-    if not (raw / "truth").is_dir():
-        write_release(raw, layout="glc24", preset=args.preset, seed=0, progress=False)
-    if not (store / "manifest.json").is_file():
-        build(raw, store, progress=False)
-    return store
+    return synthetic_release_and_store(args.work, args.preset)[1]
 
 
 def _run(rasters: dict[str, Any], n: int, block: int, seed: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from _synthetic import synthetic_release_and_store
 
 from geoplant import metrics
 from geoplant.models.maxent import MaxentPO
@@ -42,16 +43,7 @@ FEATURES = ("Bio1", "Bio12", "Bio4", "Elevation", "Soilgrid-phh2o", "Soilgrid-sa
 def _prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     if args.release and args.store:
         return Path(args.release), Path(args.store)
-    from geoplant.builder import build
-    from geoplant.synthetic.release import write_release
-
-    work = Path(args.work)
-    raw, store = work / "raw", work / "store"
-    if not (raw / "truth").is_dir():
-        write_release(raw, layout="glc24", preset=args.preset, seed=args.seed, progress=False)
-    if not (store / "manifest.json").is_file():
-        build(raw, store, progress=False)
-    return raw, store
+    return synthetic_release_and_store(args.work, args.preset, args.seed)
 
 
 def _test_data(store: Store, raw: Path) -> tuple[np.ndarray, sp.csr_matrix, np.ndarray,

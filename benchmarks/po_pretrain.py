@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _synthetic import synthetic_release_and_store
 
 from geoplant import experiment as ex
 from geoplant import presence_only as po
+from geoplant.metrics import bootstrap_means
 from geoplant.store import Store, open_store
 
 MODELS = ("env-nn", "po-env-an", "po-env-maxent", "mme-multimodal", "mme-po-pretrained")
@@ -45,17 +47,7 @@ MME = ["sentinel2", "landsat", "climate", "env"]
 def _store(args: argparse.Namespace) -> Store:
     if args.store:
         return open_store(args.store)
-    from geoplant.builder import build
-    from geoplant.synthetic.release import write_release
-
-    work = Path(args.work)
-    raw, store = work / "raw", work / "store"
-    if not (raw / "truth").is_dir():
-        write_release(raw, layout="glc24", preset=args.preset, seed=args.world_seed,
-                      progress=False)
-    if not (store / "manifest.json").is_file():
-        build(raw, store, progress=False)
-    return open_store(store)
+    return open_store(synthetic_release_and_store(args.work, args.preset, args.world_seed)[1])
 
 
 def _train(name: str, store: Store, plan: ex.Plan, args: argparse.Namespace,
@@ -82,18 +74,17 @@ def _train(name: str, store: Store, plan: ex.Plan, args: argparse.Namespace,
 
 def _paired(a: np.ndarray, b: np.ndarray, oracle: np.ndarray, n: int,
             seed: int) -> dict[str, Any]:
-    """Mean F1 difference and fraction-of-oracle difference with paired bootstrap CIs."""
-    rows = np.random.default_rng(seed).integers(0, len(a), (n, len(a)))
-    da = a[rows].mean(1) - b[rows].mean(1)
-    dfrac = da / oracle[rows].mean(1)
+    """Mean F1 difference and fraction-of-oracle difference with paired bootstrap CIs
+    (:func:`geoplant.metrics.bootstrap_means`: the same resampled surveys for all three)."""
+    ci = bootstrap_means({"diff": a - b, "oracle": oracle}, ratios={"frac": ("diff", "oracle")},
+                         n=n, seed=seed)
     diff = float(a.mean() - b.mean())
-    ci = [float(v) for v in np.percentile(da, [2.5, 97.5])]
-    return {"samples_f1_diff": round(diff, 4), "samples_f1_diff_ci": [round(v, 4) for v in ci],
+    return {"samples_f1_diff": round(diff, 4),
+            "samples_f1_diff_ci": [round(v, 4) for v in ci["diff"]],
             "fraction_of_oracle_diff": round(diff / float(oracle.mean()), 4),
-            "fraction_of_oracle_diff_ci": [round(float(v), 4)
-                                           for v in np.percentile(dfrac, [2.5, 97.5])],
+            "fraction_of_oracle_diff_ci": [round(v, 4) for v in ci["frac"]],
             "n_surveys": len(a),
-            "verdict": "a better" if ci[0] > 0 else "b better" if ci[1] < 0
+            "verdict": "a better" if ci["diff"][0] > 0 else "b better" if ci["diff"][1] < 0
             else "no claim (interval includes 0)"}
 
 
