@@ -29,7 +29,7 @@ from geoplant.errors import GeoplantError
 if TYPE_CHECKING:
     from geoplant.store import Store
 
-__all__ = ["BACKGROUNDS", "MaxentPO", "background_points", "po_sites"]
+__all__ = ["BACKGROUNDS", "MaxentPO", "background_points"]
 
 #: Background kinds.
 BACKGROUNDS: Final = ("uniform", "target-group")
@@ -89,15 +89,6 @@ def _uniform_land(store: Store, n: int, rng: np.random.Generator,
         x, y = Transformer.from_crs(CRS.from_user_input(crs), 4326,
                                     always_xy=True).transform(x, y)
     return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-
-
-def po_sites(store: Store) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
-    """PO surveys as sites: ``(lon, lat, presences)``; presences (sites x store species)."""
-    labels = store.labels("po_train")
-    coords = store.records("po_train", columns=["surveyId", "lon", "lat"]) \
-        .drop_duplicates("surveyId").set_index("surveyId").loc[labels.survey_ids]
-    return (coords["lon"].to_numpy(np.float64), coords["lat"].to_numpy(np.float64),
-            labels.matrix.tocsr())
 
 
 class MaxentPO:
@@ -179,18 +170,19 @@ class MaxentPO:
             Env-cube column names (default: all the env cube's columns, ``pa_train`` order).
         """
         from geoplant.points import point_features
+        from geoplant.presence_only import po_sites
 
         if feature_names is None:
             split = next(s for s in store.splits if s != "po_train")
             feature_names = [str(v) for v in store.cube(split)["env_variable"].values]
         names = [str(n) for n in feature_names]
         rasters = store.rasters()
-        lon, lat, Y = po_sites(store)
-        X = point_features(rasters, lon, lat, names)
+        sites = po_sites(store)
+        X = point_features(rasters, sites.lon, sites.lat, names)
         blon, blat = background_points(store, self.background, self.n_background,
                                        seed=self.seed)
         B = point_features(rasters, blon, blat, names)
-        self.fit(X, Y, background=B, feature_names=names)
+        self.fit(X, sites.labels, background=B, feature_names=names)
         self.background_lonlat_ = np.column_stack([blon, blat])
         return self
 
