@@ -55,9 +55,9 @@ def _bootstrap_mean(values: np.ndarray, *, n: int = 1000, seed: int = 0) -> tupl
     v = values[np.isfinite(values)]
     if len(v) < 2:
         return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, len(v), size=(n, len(v)))
-    lo, hi = np.percentile(v[idx].mean(axis=1), [2.5, 97.5])
-    return float(lo), float(hi)
+    from geoplant.metrics import bootstrap_means
+
+    return bootstrap_means({"mean": v}, n=n, seed=seed)["mean"]
 
 
 def score_maps(maps_dir: str | os.PathLike[str], truth_dir: str | os.PathLike[str], *,
